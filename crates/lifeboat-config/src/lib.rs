@@ -1,1 +1,19 @@
-//! placeholder
+//! `lifeboat.toml`: the configuration types, loading and validation.
+//!
+//! Parsing is strict (unknown keys are errors). [`load`] parses a file, then validates the
+//! whole of it and returns *every* problem with its key path and line, plus warnings for legal
+//! but suspicious settings. This crate reads files (the config and referenced secret files)
+//! but starts nothing.
+
+mod backup;
+mod load;
+mod report;
+mod types;
+mod units;
+mod validate;
+
+pub use backup::BackupConfig;
+pub use load::{load, parse, ConfigError, Loaded};
+pub use report::{Finding, Report};
+pub use types::*;
+pub use units::{format_bytes, Dur, Size};

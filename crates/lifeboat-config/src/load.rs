@@ -1,0 +1,174 @@
+//! Reading a config file: strict parsing, then whole-file validation with line numbers.
+
+use crate::report::{Finding, Report};
+use crate::types::Config;
+use std::path::{Path, PathBuf};
+
+/// A config that parsed and validated, with the warnings found on the way.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Finding>,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}; check the path given to --config")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or does not have the expected shape.
+    #[error("{path} is not a valid Lifeboat config:\n{report}")]
+    Syntax { path: PathBuf, report: Report },
+    /// The file parsed but its settings are wrong.
+    #[error("{path} has {} error(s):\n{report}", report.errors.len())]
+    Invalid { path: PathBuf, report: Report },
+}
+
+impl ConfigError {
+    /// All findings (errors first, then warnings) for printing one per line.
+    pub fn report(&self) -> Option<&Report> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Syntax { report, .. } | ConfigError::Invalid { report, .. } => Some(report),
+        }
+    }
+}
+
+/// Reads, parses and validates `path`. Relative paths inside the file (state dir, secret
+/// files, data dirs) are resolved against the file's directory.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (config, report) = parse(&text, base).map_err(|report| ConfigError::Syntax { path: path.into(), report })?;
+    if !report.is_ok() {
+        return Err(ConfigError::Invalid { path: path.into(), report });
+    }
+    Ok(Loaded { config, warnings: report.warnings, path: path.into() })
+}
+
+/// Parses `text` and validates it. `Err` holds shape errors (unknown keys, wrong types,
+/// missing keys); `Ok` holds the config and a report that may still contain errors.
+pub fn parse(text: &str, base_dir: &Path) -> Result<(Config, Report), Report> {
+    let mut config = deserialize_collecting(text)?;
+    resolve_paths(&mut config, base_dir);
+    let mut report = Report::default();
+    crate::validate::validate(&config, &mut report);
+    let doc = toml_edit::ImDocument::parse(text.to_owned()).ok();
+    report.locate(|p| doc.as_ref().and_then(|d| line_of_path(d, text, p)));
+    Ok((config, report))
+}
+
+/// Serde stops at the first error. To report every unknown key at once, an unknown key is
+/// blanked out and parsing retried (bounded); any other error ends the collection.
+fn deserialize_collecting(text: &str) -> Result<Config, Report> {
+    let mut text = text.to_owned();
+    let mut report = Report::default();
+    for _ in 0..50 {
+        let de = toml::Deserializer::new(&text);
+        match serde_path_to_error::deserialize::<_, Config>(de) {
+            Ok(c) if report.errors.is_empty() => return Ok(c),
+            Ok(_) => return Err(report),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                let line = inner.span().map(|s| line_at(&text, s.start));
+                let message = clean_message(inner.message());
+                let unknown = message.starts_with("unknown field");
+                let path = if path == "." { String::new() } else { path };
+                report.errors.push(Finding { path: unknown_key_path(&path, &message), line, message });
+                match (unknown, line) {
+                    (true, Some(l)) if blank_line(&mut text, l) => continue,
+                    _ => return Err(report),
+                }
+            }
+        }
+    }
+    Err(report)
+}
+
+fn clean_message(m: &str) -> String {
+    m.trim().trim_end_matches('.').replace('\n', " ")
+}
+
+/// `unknown field `foo`` at `regions.x` names the key itself: `regions.x.foo`.
+fn unknown_key_path(parent: &str, message: &str) -> String {
+    let key = message.split('`').nth(1).unwrap_or("?");
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+fn blank_line(text: &mut String, line: usize) -> bool {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    for (i, l) in text.split_inclusive('\n').enumerate() {
+        if i + 1 == line && !l.trim_start().starts_with('[') {
+            out.push_str(if l.ends_with('\n') { "#\n" } else { "#" });
+            changed = true;
+        } else {
+            out.push_str(l);
+        }
+    }
+    *text = out;
+    changed
+}
+
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Finds the line of a key path such as `regions.eu-west.nodes[0].port`, or of the closest
+/// parent that exists in the file.
+fn line_of_path(doc: &toml_edit::ImDocument<String>, text: &str, path: &str) -> Option<usize> {
+    let mut table: &dyn toml_edit::TableLike = doc.as_table();
+    let mut at: Option<usize> = None;
+    for seg in path.split('.') {
+        let (key, index) = match seg.split_once('[') {
+            Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let Some((k, item)) = table.get_key_value(key) else { break };
+        at = k.span().map(|s| s.start).or(at);
+        let next: Option<&dyn toml_edit::TableLike> = match (item, index) {
+            (toml_edit::Item::ArrayOfTables(a), Some(i)) => {
+                let t = a.get(i);
+                at = t.and_then(|t| t.span()).map(|s| s.start).or(at);
+                t.map(|t| t as &dyn toml_edit::TableLike)
+            }
+            (item, _) => item.as_table_like(),
+        };
+        match next {
+            Some(t) => table = t,
+            None => break,
+        }
+    }
+    at.map(|o| line_at(text, o))
+}
+
+fn resolve_paths(c: &mut Config, base: &Path) {
+    let abs = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    abs(&mut c.controller.state_dir);
+    if let Some(p) = c.controller.api_token_file.as_mut() {
+        abs(p)
+    }
+    for r in c.regions.values_mut() {
+        for n in &mut r.nodes {
+            if let Some(p) = n.password_file.as_mut() {
+                abs(p)
+            }
+            if let Some(ctl) = n.control.as_mut() {
+                abs(&mut ctl.data_dir);
+            }
+        }
+    }
+}
