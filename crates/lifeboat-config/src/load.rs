@@ -33,7 +33,9 @@ impl ConfigError {
     pub fn report(&self) -> Option<&Report> {
         match self {
             ConfigError::Read { .. } => None,
-            ConfigError::Syntax { report, .. } | ConfigError::Invalid { report, .. } => Some(report),
+            ConfigError::Syntax { report, .. } | ConfigError::Invalid { report, .. } => {
+                Some(report)
+            }
         }
     }
 }
@@ -41,13 +43,29 @@ impl ConfigError {
 /// Reads, parses and validates `path`. Relative paths inside the file (state dir, secret
 /// files, data dirs) are resolved against the file's directory.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let (config, report) = parse(&text, base).map_err(|report| ConfigError::Syntax { path: path.into(), report })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (config, report) = parse(&text, base).map_err(|report| ConfigError::Syntax {
+        path: path.into(),
+        report,
+    })?;
     if !report.is_ok() {
-        return Err(ConfigError::Invalid { path: path.into(), report });
+        return Err(ConfigError::Invalid {
+            path: path.into(),
+            report,
+        });
     }
-    Ok(Loaded { config, warnings: report.warnings, path: path.into() })
+    Ok(Loaded {
+        config,
+        warnings: report.warnings,
+        path: path.into(),
+    })
 }
 
 /// Parses `text` and validates it. `Err` holds shape errors (unknown keys, wrong types,
@@ -79,7 +97,11 @@ fn deserialize_collecting(text: &str) -> Result<Config, Report> {
                 let message = clean_message(inner.message());
                 let unknown = message.starts_with("unknown field");
                 let path = if path == "." { String::new() } else { path };
-                report.errors.push(Finding { path: unknown_key_path(&path, &message), line, message });
+                report.errors.push(Finding {
+                    path: unknown_key_path(&path, &message),
+                    line,
+                    message,
+                });
                 match (unknown, line) {
                     (true, Some(l)) if blank_line(&mut text, l) => continue,
                     _ => return Err(report),
@@ -120,7 +142,11 @@ fn blank_line(text: &mut String, line: usize) -> bool {
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// Finds the line of a key path such as `regions.eu-west.nodes[0].port`, or of the closest
@@ -133,7 +159,9 @@ fn line_of_path(doc: &toml_edit::ImDocument<String>, text: &str, path: &str) -> 
             Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
             None => (seg, None),
         };
-        let Some((k, item)) = table.get_key_value(key) else { break };
+        let Some((k, item)) = table.get_key_value(key) else {
+            break;
+        };
         at = k.span().map(|s| s.start).or(at);
         let next: Option<&dyn toml_edit::TableLike> = match (item, index) {
             (toml_edit::Item::ArrayOfTables(a), Some(i)) => {

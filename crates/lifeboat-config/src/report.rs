@@ -30,11 +30,19 @@ pub struct Report {
 
 impl Report {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(Finding { path: path.into(), line: None, message: message.into() });
+        self.errors.push(Finding {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
     }
 
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.warnings.push(Finding { path: path.into(), line: None, message: message.into() });
+        self.warnings.push(Finding {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        });
     }
 
     pub fn is_ok(&self) -> bool {

@@ -24,9 +24,9 @@ impl Dur {
 impl FromStr for Dur {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        humantime::parse_duration(s.trim())
-            .map(Dur)
-            .map_err(|e| format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\""))
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"2s\", \"5m\"")
+        })
     }
 }
 
@@ -91,17 +91,7 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// `48 MiB`, `512 KiB`, `17 B`: the largest binary unit that keeps the value at or above 1.
-pub fn format_bytes(b: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (name, m) in UNITS {
-        if b >= m {
-            let v = b as f64 / m as f64;
-            return if v.fract() == 0.0 { format!("{v:.0} {name}") } else { format!("{v:.1} {name}") };
-        }
-    }
-    format!("{b} B")
-}
+pub use lifeboat_core::time::format_bytes;
 
 #[cfg(test)]
 mod tests {
@@ -112,7 +102,10 @@ mod tests {
         assert_eq!("16MiB".parse::<Size>().unwrap(), Size(16 << 20));
         assert_eq!("1GB".parse::<Size>().unwrap(), Size(1_000_000_000));
         assert_eq!("42".parse::<Size>().unwrap(), Size(42));
-        assert!("16 parsecs".parse::<Size>().unwrap_err().contains("invalid size"));
+        assert!("16 parsecs"
+            .parse::<Size>()
+            .unwrap_err()
+            .contains("invalid size"));
     }
 
     #[test]
@@ -120,12 +113,5 @@ mod tests {
         assert_eq!("500ms".parse::<Dur>().unwrap(), Dur::from_millis(500));
         assert_eq!("5m".parse::<Dur>().unwrap(), Dur::from_secs(300));
         assert!("soon".parse::<Dur>().is_err());
-    }
-
-    #[test]
-    fn bytes_format_readably() {
-        assert_eq!(format_bytes(48 << 20), "48 MiB");
-        assert_eq!(format_bytes(1536), "1.5 KiB");
-        assert_eq!(format_bytes(12), "12 B");
     }
 }

@@ -35,9 +35,16 @@ fn service(c: &Config, r: &mut Report) {
     if !c.tiers.contains_key(&c.service.tier) {
         let known: Vec<&str> = c.tiers.keys().map(String::as_str).collect();
         let msg = if known.is_empty() {
-            format!("tier {:?} is not defined; add [tiers.{}] with rto and rpo", c.service.tier, c.service.tier)
+            format!(
+                "tier {:?} is not defined; add [tiers.{}] with rto and rpo",
+                c.service.tier, c.service.tier
+            )
         } else {
-            format!("tier {:?} is not defined; known tiers: {}", c.service.tier, known.join(", "))
+            format!(
+                "tier {:?} is not defined; known tiers: {}",
+                c.service.tier,
+                known.join(", ")
+            )
         };
         r.error("service.tier", msg);
     }
@@ -46,10 +53,14 @@ fn service(c: &Config, r: &mut Report) {
 fn controller(c: &Config, r: &mut Report) {
     let ctl = &c.controller;
     match (&ctl.api_token_file, &ctl.api_token_env) {
-        (Some(_), Some(_)) => r.error("controller.api-token-env", "set either api-token-file or api-token-env, not both"),
-        (Some(f), None) if !f.is_file() => {
-            r.error("controller.api-token-file", format!("file {} does not exist", f.display()))
-        }
+        (Some(_), Some(_)) => r.error(
+            "controller.api-token-env",
+            "set either api-token-file or api-token-env, not both",
+        ),
+        (Some(f), None) if !f.is_file() => r.error(
+            "controller.api-token-file",
+            format!("file {} does not exist", f.display()),
+        ),
         (None, None) => r.warn(
             "controller",
             "no api-token-file or api-token-env: the API will refuse every changing request",
@@ -57,13 +68,19 @@ fn controller(c: &Config, r: &mut Report) {
         _ => {}
     }
     if c.endpoint.listen.port() == 0 {
-        r.error("endpoint.listen", "needs a fixed port for clients to connect to");
+        r.error(
+            "endpoint.listen",
+            "needs a fixed port for clients to connect to",
+        );
     }
     if ctl.api_listen == c.endpoint.listen {
         r.error("controller.api-listen", "must differ from endpoint.listen");
     }
     if c.endpoint.hold_timeout.get() > Duration::from_secs(60) {
-        r.warn("endpoint.hold-timeout", "clients waiting more than 60 s for a primary will likely time out themselves");
+        r.warn(
+            "endpoint.hold-timeout",
+            "clients waiting more than 60 s for a primary will likely time out themselves",
+        );
     }
 }
 
@@ -82,10 +99,16 @@ fn probe(c: &Config, r: &mut Report) {
         r.error("probe.success-threshold", "must be at least 1");
     }
     if p.failure_threshold == 1 {
-        r.warn("probe.failure-threshold", "1 means a single failed probe starts a failover");
+        r.warn(
+            "probe.failure-threshold",
+            "1 means a single failed probe starts a failover",
+        );
     }
     if p.timeout.get() < Duration::from_millis(300) {
-        r.warn("probe.timeout", "below 300ms a brief stall of the primary counts as a failure");
+        r.warn(
+            "probe.timeout",
+            "below 300ms a brief stall of the primary counts as a failure",
+        );
     }
 }
 
@@ -107,21 +130,37 @@ fn failover(c: &Config, r: &mut Report) {
         );
     }
     if f.max_lag.0 > 1 << 30 {
-        r.warn("failover.max-lag", "more than 1 GiB of lag may be promoted: a large data loss");
+        r.warn(
+            "failover.max-lag",
+            "more than 1 GiB of lag may be promoted: a large data loss",
+        );
     }
 }
 
 fn regions(c: &Config, r: &mut Report) {
     if c.regions.is_empty() {
-        r.error("regions", "define at least two regions, one with role = \"primary\"");
+        r.error(
+            "regions",
+            "define at least two regions, one with role = \"primary\"",
+        );
         return;
     }
-    let primaries: Vec<&str> =
-        c.regions.iter().filter(|(_, rc)| rc.role == RegionRole::Primary).map(|(n, _)| n.as_str()).collect();
+    let primaries: Vec<&str> = c
+        .regions
+        .iter()
+        .filter(|(_, rc)| rc.role == RegionRole::Primary)
+        .map(|(n, _)| n.as_str())
+        .collect();
     match primaries.len() {
         0 => r.error("regions", "no region has role = \"primary\""),
         1 => {}
-        _ => r.error("regions", format!("only one region may be primary, found: {}", primaries.join(", "))),
+        _ => r.error(
+            "regions",
+            format!(
+                "only one region may be primary, found: {}",
+                primaries.join(", ")
+            ),
+        ),
     }
     let mut names = BTreeSet::new();
     let mut standbys = 0;
@@ -131,7 +170,10 @@ fn regions(c: &Config, r: &mut Report) {
             r.error(format!("{rpath}.nodes"), "a region needs at least one node");
         }
         if rc.role == RegionRole::Primary && rc.nodes.len() > 1 {
-            r.warn(format!("{rpath}.nodes"), "only the first node of the primary region starts as primary");
+            r.warn(
+                format!("{rpath}.nodes"),
+                "only the first node of the primary region starts as primary",
+            );
         }
         if rc.role != RegionRole::Primary {
             standbys += rc.nodes.len();
@@ -139,19 +181,29 @@ fn regions(c: &Config, r: &mut Report) {
         for (i, n) in rc.nodes.iter().enumerate() {
             let npath = format!("{rpath}.nodes[{i}]");
             if !names.insert(n.name.as_str()) {
-                r.error(format!("{npath}.name"), format!("node name {:?} is used twice", n.name));
+                r.error(
+                    format!("{npath}.name"),
+                    format!("node name {:?} is used twice", n.name),
+                );
             }
             node(n, &npath, r);
         }
         for (i, ch) in rc.checks.iter().enumerate() {
             let cpath = format!("{rpath}.checks[{i}]");
             match ch.kind {
-                CheckKind::Tcp if ch.address.is_none() => r.error(format!("{cpath}.address"), "a tcp check needs address = \"host:port\""),
+                CheckKind::Tcp if ch.address.is_none() => r.error(
+                    format!("{cpath}.address"),
+                    "a tcp check needs address = \"host:port\"",
+                ),
                 CheckKind::Http => match &ch.url {
-                    None => r.error(format!("{cpath}.url"), "an http check needs url = \"http://…\""),
-                    Some(u) if !u.starts_with("http://") => {
-                        r.error(format!("{cpath}.url"), "must start with http:// (https checks are not supported yet)")
-                    }
+                    None => r.error(
+                        format!("{cpath}.url"),
+                        "an http check needs url = \"http://…\"",
+                    ),
+                    Some(u) if !u.starts_with("http://") => r.error(
+                        format!("{cpath}.url"),
+                        "must start with http:// (https checks are not supported yet)",
+                    ),
                     _ => {}
                 },
                 _ => {}
@@ -159,16 +211,33 @@ fn regions(c: &Config, r: &mut Report) {
         }
     }
     if standbys == 0 {
-        r.error("regions", "no standby node: add a region with role = \"standby\" to fail over to");
+        r.error(
+            "regions",
+            "no standby node: add a region with role = \"standby\" to fail over to",
+        );
     }
-    if c.failover.replication.is_sync() && !c.regions.values().any(|rc| rc.role == RegionRole::Standby && !rc.nodes.is_empty()) {
-        r.error("failover.replication", "sync modes need a node in a region with role = \"standby\"");
+    if c.failover.replication.is_sync()
+        && !c
+            .regions
+            .values()
+            .any(|rc| rc.role == RegionRole::Standby && !rc.nodes.is_empty())
+    {
+        r.error(
+            "failover.replication",
+            "sync modes need a node in a region with role = \"standby\"",
+        );
     }
 }
 
 fn node(n: &NodeConfig, path: &str, r: &mut Report) {
-    if n.name.trim().is_empty() || n.name.contains(|c: char| c.is_whitespace() || c == ',' || c == '"') {
-        r.error(format!("{path}.name"), "must be non-empty without spaces, commas or quotes");
+    if n.name.trim().is_empty()
+        || n.name
+            .contains(|c: char| c.is_whitespace() || c == ',' || c == '"')
+    {
+        r.error(
+            format!("{path}.name"),
+            "must be non-empty without spaces, commas or quotes",
+        );
     }
     if n.host.trim().is_empty() {
         r.error(format!("{path}.host"), "must not be empty");
@@ -177,19 +246,31 @@ fn node(n: &NodeConfig, path: &str, r: &mut Report) {
         r.error(format!("{path}.port"), "must be between 1 and 65535");
     }
     match (&n.password_file, &n.password_env) {
-        (Some(_), Some(_)) => r.error(format!("{path}.password-env"), "set either password-file or password-env, not both"),
-        (Some(f), None) if !f.is_file() => r.error(format!("{path}.password-file"), format!("file {} does not exist", f.display())),
+        (Some(_), Some(_)) => r.error(
+            format!("{path}.password-env"),
+            "set either password-file or password-env, not both",
+        ),
+        (Some(f), None) if !f.is_file() => r.error(
+            format!("{path}.password-file"),
+            format!("file {} does not exist", f.display()),
+        ),
         _ => {}
     }
     if let Some(cmd) = &n.fence_command {
         if cmd.is_empty() || cmd[0].trim().is_empty() {
-            r.error(format!("{path}.fence-command"), "must name a program: [\"/usr/local/bin/stonith\", \"node-1\"]");
+            r.error(
+                format!("{path}.fence-command"),
+                "must name a program: [\"/usr/local/bin/stonith\", \"node-1\"]",
+            );
         }
     }
     if let Some(ctl) = &n.control {
         if let Some(b) = &ctl.bin_dir {
             if !b.join("pg_ctl").is_file() {
-                r.error(format!("{path}.control.bin-dir"), format!("{} has no pg_ctl", b.display()));
+                r.error(
+                    format!("{path}.control.bin-dir"),
+                    format!("{} has no pg_ctl", b.display()),
+                );
             }
         }
     }

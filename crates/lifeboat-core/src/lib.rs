@@ -5,4 +5,15 @@
 //! every decision can be replayed, tested exhaustively and simulated. Side effects live in
 //! `lifeboat-exec`.
 
+pub mod decide;
+pub mod health;
 pub mod model;
+pub mod plan;
+pub mod time;
+pub mod view;
+
+pub use decide::{decide, plan_command, Command};
+pub use health::{Health, Thresholds, Tracker};
+pub use plan::{Decision, Plan, PlanKind, Step};
+pub use time::Millis;
+pub use view::{ClusterView, NodeView, PgFacts, Policy};

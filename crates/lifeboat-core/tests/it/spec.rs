@@ -1,0 +1,375 @@
+use crate::*;
+use expect_test::{expect, Expect};
+use lifeboat_core::model::{FailoverMode, ReplicationMode};
+use lifeboat_core::{decide, plan_command, ClusterView, Command, Health, Policy};
+
+fn check(v: &ClusterView, p: &Policy, expected: Expect) {
+    expected.assert_eq(&decide(v, p, T0.plus_ms(1_000)).to_string());
+}
+
+fn check_cmd(v: &ClusterView, cmd: Command, expected: Expect) {
+    let out = match plan_command(v, &policy(), &cmd, T0.plus_ms(1_000)) {
+        Ok(plan) => plan.to_string(),
+        Err(reasons) => format!(
+            "refused:\n{}",
+            reasons
+                .iter()
+                .map(|r| format!("  - {r}\n"))
+                .collect::<String>()
+        ),
+    };
+    expected.assert_eq(&out);
+}
+
+#[test]
+fn healthy_primary_means_no_action() {
+    check(
+        &cluster(),
+        &policy(),
+        expect![[r#"
+        no action:
+          - primary pg-a healthy
+          - standby pg-b streaming, 0 B behind
+          - standby pg-c streaming, 0 B behind
+    "#]],
+    );
+}
+
+#[test]
+fn lost_primary_fails_over_to_the_hot_standby() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| n.health = down(T0));
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        plan failover (epoch 4)
+          1. block endpoint traffic to pg-a
+          2. fence pg-a if reachable (best effort)
+          3. promote pg-b
+          4. mark pg-a as needing rejoin
+          5. set synchronous_standby_names = '' on pg-b
+          6. route the endpoint to pg-b (epoch 4)
+          7. write a heartbeat on pg-b
+        because:
+          - primary pg-a down since 22:13:20.000: connection refused
+          - standby pg-b is eligible, 0 B behind
+          - pg-c is in cold region ap-south: promoted only on an operator's command
+          - promoting pg-b
+    "#]],
+    );
+}
+
+#[test]
+fn suspect_primary_below_threshold_is_not_failed_over() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| {
+        n.health = Health::Suspect {
+            since: T0,
+            failures: 2,
+            reason: "timeout".into(),
+        }
+    });
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        no action:
+          - primary pg-a is suspect: 2 failed probe(s), below the threshold (last: timeout)
+    "#]],
+    );
+}
+
+#[test]
+fn refuses_to_promote_past_the_lag_limit() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| n.health = down(T0));
+    set(&mut v, "pg-b", |n| {
+        n.facts = Some(standby_facts((1 << 30) - (48 << 20)))
+    });
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        no action:
+          - primary pg-a down since 22:13:20.000: connection refused
+          - standby pg-b is 48 MiB behind (limit 16 MiB)
+          - pg-c is in cold region ap-south: promoted only on an operator's command
+          - no standby can be promoted safely: not failing over
+    "#]],
+    );
+}
+
+#[test]
+fn sync_mode_never_promotes_a_standby_that_was_not_synchronous() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| n.health = down(T0));
+    let p = Policy {
+        replication: ReplicationMode::Sync,
+        ..policy()
+    };
+    check(
+        &v,
+        &p,
+        expect![[r#"
+        no action:
+          - primary pg-a down since 22:13:20.000: connection refused
+          - standby pg-b was not synchronous when the primary was lost
+          - pg-c is in cold region ap-south: promoted only on an operator's command
+          - no standby can be promoted safely: not failing over
+    "#]],
+    );
+    set(&mut v, "pg-a", |n| {
+        n.facts = Some(primary_facts(1 << 30, &["pg-b"]))
+    });
+    assert!(decide(&v, &p, T0).to_string().contains("promote pg-b"));
+}
+
+#[test]
+fn sync_mode_drops_the_requirement_when_the_standby_is_lost() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| {
+        n.facts = Some(primary_facts(1 << 30, &["pg-b"]))
+    });
+    set(&mut v, "pg-b", |n| n.health = down(T0));
+    check(
+        &v,
+        &Policy {
+            replication: ReplicationMode::Sync,
+            ..policy()
+        },
+        expect![[r#"
+        plan sync-off (epoch 3)
+          1. set synchronous_standby_names = '' on pg-a
+        because:
+          - no healthy standby left: dropping the synchronous requirement so writes continue; the lost standby is not promoted automatically until it is synchronous again
+    "#]],
+    );
+}
+
+#[test]
+fn sync_strict_keeps_the_requirement_when_the_standby_is_lost() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| {
+        n.facts = Some(primary_facts(1 << 30, &["pg-b"]))
+    });
+    set(&mut v, "pg-b", |n| n.health = down(T0));
+    check(
+        &v,
+        &Policy {
+            replication: ReplicationMode::SyncStrict,
+            ..policy()
+        },
+        expect![[r#"
+        no action:
+          - primary pg-a healthy
+          - standby pg-b is down since 22:13:20.000: connection refused
+          - standby pg-c streaming, 0 B behind
+    "#]],
+    );
+}
+
+#[test]
+fn pause_cooldown_and_manual_mode_each_say_why_not() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| n.health = down(T0));
+    v.paused = true;
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        no action:
+          - paused by operator: no automatic action (`lifeboat resume` to continue)
+          - would otherwise run a failover
+          - primary pg-a down since 22:13:20.000: connection refused
+          - standby pg-b is eligible, 0 B behind
+          - pg-c is in cold region ap-south: promoted only on an operator's command
+          - promoting pg-b
+    "#]],
+    );
+    v.paused = false;
+    v.last_failover = Some(T0);
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        no action:
+          - primary pg-a down since 22:13:20.000: connection refused
+          - cooldown after the failover at 22:13:20.000: no automatic failover until 22:18:20.000
+    "#]],
+    );
+    v.last_failover = None;
+    check(
+        &v,
+        &Policy {
+            mode: FailoverMode::Manual,
+            ..policy()
+        },
+        expect![[r#"
+        no action:
+          - primary pg-a down since 22:13:20.000: connection refused
+          - standby pg-b is eligible, 0 B behind
+          - pg-c is in cold region ap-south: promoted only on an operator's command
+          - manual mode: approve with `lifeboat failover --to pg-b`
+    "#]],
+    );
+}
+
+#[test]
+fn a_returning_old_primary_is_fenced_on_sight() {
+    let mut v = cluster();
+    v.primary = Some("pg-b".into());
+    set(&mut v, "pg-b", |n| {
+        n.facts = Some(primary_facts(2 << 30, &[]))
+    });
+    set(&mut v, "pg-a", |n| n.needs_rejoin = true);
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        plan fence-returned (epoch 3)
+          1. block endpoint traffic to pg-a
+          2. fence pg-a: stop it or make it read-only
+          3. mark pg-a as needing rejoin
+        because:
+          - pg-a accepts writes but the primary is pg-b (epoch 3): fencing it on sight
+    "#]],
+    );
+}
+
+#[test]
+fn an_interrupted_plan_is_resumed_after_a_restart() {
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| n.health = down(T0));
+    let lifeboat_core::Decision::Act(plan) = decide(&v, &policy(), T0) else {
+        panic!("expected a plan")
+    };
+    v.in_flight = Some(plan.clone());
+    let lifeboat_core::Decision::Act(resumed) = decide(&v, &policy(), T0.plus_ms(5_000)) else {
+        panic!("expected a plan")
+    };
+    assert_eq!(resumed.steps, plan.steps);
+    assert_eq!(resumed.epoch, plan.epoch);
+    assert!(resumed.reasons[0].contains("resuming the failover"));
+}
+
+#[test]
+fn first_start_adopts_the_only_writable_node_once_all_are_probed() {
+    let mut v = cluster();
+    v.primary = None;
+    set(&mut v, "pg-c", |n| {
+        n.health = Health::Unknown {
+            since: T0,
+            reason: "not probed yet".into(),
+        }
+    });
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        no action:
+          - no primary recorded yet; waiting for the first probes of pg-c
+    "#]],
+    );
+    set(&mut v, "pg-c", |n| n.health = down(T0));
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        plan adopt (epoch 4)
+          1. route the endpoint to pg-a (epoch 4)
+        because:
+          - pg-a is the only writable node: adopting it as the primary
+    "#]],
+    );
+}
+
+#[test]
+fn switchover_waits_for_catch_up_and_rejoins_the_old_primary() {
+    check_cmd(
+        &cluster(),
+        Command::Switchover { to: "pg-b".into() },
+        expect![[r#"
+        plan switchover (epoch 4)
+          1. block endpoint traffic to pg-a
+          2. fence pg-a: stop it or make it read-only
+          3. wait until pg-b has replayed all WAL of pg-a
+          4. promote pg-b
+          5. mark pg-a as needing rejoin
+          6. set synchronous_standby_names = '' on pg-b
+          7. route the endpoint to pg-b (epoch 4)
+          8. write a heartbeat on pg-b
+          9. rewind (or re-clone) pg-a from pg-b and start it as a standby
+        because:
+          - switchover from pg-a to pg-b requested by operator
+    "#]],
+    );
+}
+
+#[test]
+fn commands_name_unknown_nodes_and_refuse_unsafe_requests() {
+    check_cmd(
+        &cluster(),
+        Command::Switchover { to: "pg-z".into() },
+        expect![[r#"
+        refused:
+          - unknown node "pg-z"; known nodes: pg-a, pg-b, pg-c
+    "#]],
+    );
+    check_cmd(
+        &cluster(),
+        Command::Failover {
+            to: "pg-b".into(),
+            force: false,
+        },
+        expect![[r#"
+        refused:
+          - primary pg-a is healthy: use `lifeboat switchover --to pg-b` for a planned change, or add --force
+    "#]],
+    );
+    let mut v = cluster();
+    set(&mut v, "pg-a", |n| n.health = down(T0));
+    set(&mut v, "pg-b", |n| n.facts = Some(standby_facts(1 << 20)));
+    check_cmd(
+        &v,
+        Command::Failover {
+            to: "pg-b".into(),
+            force: false,
+        },
+        expect![[r#"
+        refused:
+          - standby pg-b is 1023 MiB behind (limit 16 MiB)
+          - add --force to promote anyway (data written on the old primary since may be lost)
+    "#]],
+    );
+    check_cmd(
+        &v,
+        Command::Failover {
+            to: "pg-b".into(),
+            force: true,
+        },
+        expect![[r#"
+        plan manual-failover (epoch 4)
+          1. block endpoint traffic to pg-a
+          2. fence pg-a if reachable (best effort)
+          3. promote pg-b
+          4. mark pg-a as needing rejoin
+          5. set synchronous_standby_names = '' on pg-b
+          6. route the endpoint to pg-b (epoch 4)
+          7. write a heartbeat on pg-b
+        because:
+          - failover to pg-b requested by operator (forced)
+          - primary pg-a down since 22:13:20.000: connection refused
+    "#]],
+    );
+    check_cmd(
+        &cluster(),
+        Command::Rejoin {
+            node: "pg-a".into(),
+        },
+        expect![[r#"
+        refused:
+          - pg-a is the primary; it cannot rejoin itself
+    "#]],
+    );
+}
