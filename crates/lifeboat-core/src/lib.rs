@@ -16,4 +16,4 @@ pub use decide::{decide, plan_command, Command};
 pub use health::{Health, Thresholds, Tracker};
 pub use plan::{Decision, Plan, PlanKind, Step};
 pub use time::Millis;
-pub use view::{ClusterView, NodeView, PgFacts, Policy};
+pub use view::{ClusterView, ControllerState, NodeView, PgFacts, Policy};

@@ -91,3 +91,18 @@ impl ClusterView {
         self.nodes.iter().map(|n| n.name.as_str()).collect()
     }
 }
+
+/// The controller's durable state: what must survive a restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControllerState {
+    pub primary: Option<String>,
+    pub epoch: u64,
+    pub paused: bool,
+    pub last_failover: Option<Millis>,
+    pub fenced: std::collections::BTreeSet<String>,
+    pub needs_rejoin: std::collections::BTreeSet<String>,
+    /// The plan being executed, written before its first step and cleared after its last.
+    pub in_flight: Option<Plan>,
+    /// The incident the in-flight plan belongs to.
+    pub in_flight_incident: Option<i64>,
+}

@@ -1,1 +1,424 @@
-//! placeholder
+//! The embedded store: one SQLite file holding the controller's durable state, the event log,
+//! every decision (and decision not to act), incidents with their step timelines, and the
+//! audit log of operator actions. It survives restarts; it is not shared between controllers.
+//!
+//! Calls are short synchronous transactions; callers never hold the connection across an
+//! `.await`.
+
+use lifeboat_core::{ControllerState, Decision, Millis, Plan};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the state store {path}: {source}; check that the state directory is writable"
+    )]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state store holds unreadable data: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("cannot create the state directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// How a step or an incident ended. `Unknown`: Lifeboat could not find out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Running,
+    Ok,
+    Failed,
+    Unknown,
+    Compensated,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Running => "running",
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+            Outcome::Compensated => "compensated",
+        }
+    }
+    fn parse(s: &str) -> Outcome {
+        match s {
+            "ok" => Outcome::Ok,
+            "failed" => Outcome::Failed,
+            "unknown" => Outcome::Unknown,
+            "compensated" => Outcome::Compensated,
+            _ => Outcome::Running,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub at_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub step: String,
+    pub node: String,
+    pub outcome: Outcome,
+    pub detail: String,
+}
+
+/// Measured figures of an incident (all durations in milliseconds).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    /// First failed probe of the lost primary (the observed fault time).
+    pub fault_at_ms: Option<u64>,
+    /// Last successful probe before the fault: the fault happened after this.
+    pub last_ok_at_ms: Option<u64>,
+    /// Fault → the primary declared lost.
+    pub detect_ms: Option<u64>,
+    /// Fault → the new primary promoted.
+    pub promote_ms: Option<u64>,
+    /// Fault → first successful write on the new primary (the measured RTO).
+    pub first_write_ms: Option<u64>,
+    /// How far the promoted standby was behind the old primary's last known position.
+    pub lag_bytes_at_fault: Option<u64>,
+    pub rto_target_ms: Option<u64>,
+    pub rpo_target_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: i64,
+    pub kind: String,
+    pub status: Outcome,
+    pub opened_ms: u64,
+    pub closed_ms: Option<u64>,
+    pub old_primary: Option<String>,
+    pub target: Option<String>,
+    pub epoch: u64,
+    pub plan: String,
+    pub figures: Figures,
+    pub timeline: Vec<TimelineEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub at_ms: u64,
+    pub kind: String,
+    pub message: String,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (
+  id INTEGER PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, opened_ms INTEGER NOT NULL,
+  closed_ms INTEGER, old_primary TEXT, target TEXT, epoch INTEGER NOT NULL, plan TEXT NOT NULL,
+  figures TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS timeline (
+  id INTEGER PRIMARY KEY, incident INTEGER NOT NULL REFERENCES incidents(id), at_ms INTEGER NOT NULL,
+  ended_ms INTEGER, step TEXT NOT NULL, node TEXT NOT NULL, outcome TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
+"#;
+
+impl Store {
+    /// Opens (creating if needed) `dir/lifeboat.db`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+            path: dir.into(),
+            source,
+        })?;
+        let path = dir.join("lifeboat.db");
+        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|source| StoreError::Open { path, source })?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn)
+    }
+
+    pub fn state(&self) -> Result<ControllerState, StoreError> {
+        self.with(|c| {
+            let json: Option<String> = c
+                .query_row("SELECT json FROM state WHERE id = 1", [], |r| r.get(0))
+                .optional()?;
+            Ok(match json {
+                Some(j) => serde_json::from_str(&j)?,
+                None => ControllerState::default(),
+            })
+        })
+    }
+
+    /// Writes the whole state in one transaction (fsynced: `synchronous=FULL`).
+    pub fn put_state(&self, s: &ControllerState) -> Result<(), StoreError> {
+        let json = serde_json::to_string(s)?;
+        self.with(|c| {
+            c.execute("INSERT INTO state (id, json) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET json = excluded.json", [json])?;
+            Ok(())
+        })
+    }
+
+    pub fn event(&self, at: Millis, kind: &str, message: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO events (at_ms, kind, message) VALUES (?1, ?2, ?3)",
+                params![at.0 as i64, kind, message],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Logs a decision (`decision` kind events): what was decided and every reason.
+    pub fn decision(&self, at: Millis, d: &Decision) -> Result<(), StoreError> {
+        self.event(at, "decision", d.to_string().trim_end())
+    }
+
+    pub fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
+        self.with(|c| {
+            let mut st =
+                c.prepare("SELECT id, at_ms, kind, message FROM events ORDER BY id DESC LIMIT ?1")?;
+            let rows = st.query_map([limit], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    at_ms: r.get::<_, i64>(1)? as u64,
+                    kind: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    pub fn audit(
+        &self,
+        at: Millis,
+        actor: &str,
+        action: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO audit (at_ms, actor, action, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![at.0 as i64, actor, action, detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn open_incident(
+        &self,
+        at: Millis,
+        plan: &Plan,
+        figures: &Figures,
+    ) -> Result<i64, StoreError> {
+        let figures = serde_json::to_string(figures)?;
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO incidents (kind, status, opened_ms, old_primary, target, epoch, plan, figures) VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![plan.kind.as_str(), at.0 as i64, plan.old_primary, plan.target, plan.epoch as i64, plan.to_string(), figures],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn update_figures(&self, incident: i64, figures: &Figures) -> Result<(), StoreError> {
+        let figures = serde_json::to_string(figures)?;
+        self.with(|c| {
+            c.execute(
+                "UPDATE incidents SET figures = ?1 WHERE id = ?2",
+                params![figures, incident],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn close_incident(
+        &self,
+        incident: i64,
+        at: Millis,
+        status: Outcome,
+        figures: &Figures,
+    ) -> Result<(), StoreError> {
+        let figures = serde_json::to_string(figures)?;
+        self.with(|c| {
+            c.execute(
+                "UPDATE incidents SET status = ?1, closed_ms = ?2, figures = ?3 WHERE id = ?4",
+                params![status.as_str(), at.0 as i64, figures, incident],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that a step started; returns the timeline row to finish later.
+    pub fn step_started(
+        &self,
+        incident: i64,
+        at: Millis,
+        step: &str,
+        node: &str,
+        detail: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO timeline (incident, at_ms, step, node, outcome, detail) VALUES (?1, ?2, ?3, ?4, 'running', ?5)",
+                params![incident, at.0 as i64, step, node, detail],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn step_finished(
+        &self,
+        row: i64,
+        at: Millis,
+        outcome: Outcome,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE timeline SET ended_ms = ?1, outcome = ?2, detail = ?3 WHERE id = ?4",
+                params![at.0 as i64, outcome.as_str(), detail, row],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn incidents(&self, limit: u32) -> Result<Vec<Incident>, StoreError> {
+        let ids: Vec<i64> = self.with(|c| {
+            let mut st = c.prepare("SELECT id FROM incidents ORDER BY id DESC LIMIT ?1")?;
+            let rows = st.query_map([limit], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        ids.into_iter()
+            .filter_map(|id| self.incident(id).transpose())
+            .collect()
+    }
+
+    pub fn incident(&self, id: i64) -> Result<Option<Incident>, StoreError> {
+        self.with(|c| {
+            let row = c
+                .query_row(
+                    "SELECT kind, status, opened_ms, closed_ms, old_primary, target, epoch, plan, figures FROM incidents WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                            r.get::<_, Option<String>>(4)?,
+                            r.get::<_, Option<String>>(5)?,
+                            r.get::<_, i64>(6)?,
+                            r.get::<_, String>(7)?,
+                            r.get::<_, String>(8)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((kind, status, opened, closed, old_primary, target, epoch, plan, figures)) = row else {
+                return Ok(None);
+            };
+            let mut st = c.prepare(
+                "SELECT at_ms, ended_ms, step, node, outcome, detail FROM timeline WHERE incident = ?1 ORDER BY id",
+            )?;
+            let timeline = st
+                .query_map([id], |r| {
+                    Ok(TimelineEntry {
+                        at_ms: r.get::<_, i64>(0)? as u64,
+                        ended_ms: r.get::<_, Option<i64>>(1)?.map(|v| v as u64),
+                        step: r.get(2)?,
+                        node: r.get(3)?,
+                        outcome: Outcome::parse(&r.get::<_, String>(4)?),
+                        detail: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(Incident {
+                id,
+                kind,
+                status: Outcome::parse(&status),
+                opened_ms: opened as u64,
+                closed_ms: closed.map(|v| v as u64),
+                old_primary,
+                target,
+                epoch: epoch as u64,
+                plan,
+                figures: serde_json::from_str(&figures)?,
+                timeline,
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lifeboat_core::{PlanKind, Step};
+
+    #[test]
+    fn state_incidents_and_timeline_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan {
+            kind: PlanKind::Failover,
+            epoch: 2,
+            old_primary: Some("a".into()),
+            target: Some("b".into()),
+            steps: vec![Step::Promote { node: "b".into() }],
+            reasons: vec!["primary a down".into()],
+            fault_at: Some(Millis(10)),
+            lag_bytes: Some(0),
+        };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let st = ControllerState {
+                primary: Some("a".into()),
+                epoch: 2,
+                in_flight: Some(plan.clone()),
+                ..Default::default()
+            };
+            s.put_state(&st).unwrap();
+            let id = s
+                .open_incident(Millis(10), &plan, &Figures::default())
+                .unwrap();
+            let row = s.step_started(id, Millis(11), "promote", "b", "").unwrap();
+            s.step_finished(row, Millis(12), Outcome::Unknown, "timed out after 10s")
+                .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.state().unwrap().in_flight, Some(plan));
+        let inc = s.incidents(10).unwrap();
+        assert_eq!(inc.len(), 1);
+        assert_eq!(inc[0].status, Outcome::Running);
+        assert_eq!(inc[0].timeline[0].outcome, Outcome::Unknown);
+        assert_eq!(inc[0].timeline[0].detail, "timed out after 10s");
+    }
+}
