@@ -81,6 +81,8 @@ pub struct ClusterView {
     pub last_failover: Option<Millis>,
     /// A plan that was being executed when the controller stopped.
     pub in_flight: Option<Plan>,
+    /// The node the endpoint routes to right now (`None`: blocked).
+    pub endpoint: Option<String>,
 }
 
 impl ClusterView {

@@ -92,6 +92,7 @@ pub fn cluster() -> ClusterView {
         paused: false,
         last_failover: None,
         in_flight: None,
+        endpoint: Some("pg-a".into()),
     }
 }
 

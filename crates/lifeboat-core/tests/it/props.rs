@@ -90,6 +90,7 @@ fn view() -> impl Strategy<Value = ClusterView> {
                 paused,
                 last_failover: None,
                 in_flight: None,
+                endpoint: primary.map(|p| format!("n{p}")),
             }
         })
 }

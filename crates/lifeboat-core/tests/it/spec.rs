@@ -219,6 +219,7 @@ fn pause_cooldown_and_manual_mode_each_say_why_not() {
 fn a_returning_old_primary_is_fenced_on_sight() {
     let mut v = cluster();
     v.primary = Some("pg-b".into());
+    v.endpoint = Some("pg-b".into());
     set(&mut v, "pg-b", |n| {
         n.facts = Some(primary_facts(2 << 30, &[]))
     });
