@@ -1,0 +1,361 @@
+//! A PostgreSQL server on this machine, controlled through its own tools. When Lifeboat runs
+//! as root, every tool runs as the server's OS user (default `postgres`), because PostgreSQL
+//! refuses to run as root.
+
+use crate::error::PgError;
+use crate::sql::ConnInfo;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalServer {
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// Run the tools as this user; `None` means `postgres` when running as root, else oneself.
+    pub os_user: Option<String>,
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    Smart,
+    Fast,
+    Immediate,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Smart => "smart",
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// How `initdb` prepares a new cluster.
+#[derive(Clone, Debug, Default)]
+pub struct InitOptions {
+    /// Password of the `postgres` superuser; TCP logins then need it (scram-sha-256).
+    /// Without it, loopback logins are trusted.
+    pub superuser_password: Option<String>,
+    /// Extra `postgresql.conf` lines.
+    pub settings: Vec<String>,
+}
+
+impl LocalServer {
+    /// `$LIFEBOAT_PG_BIN_DIR`, else the newest `/usr/lib/postgresql/*/bin`, else `pg_ctl` on PATH.
+    pub fn find_bin_dir() -> Result<PathBuf, PgError> {
+        if let Some(d) = std::env::var_os("LIFEBOAT_PG_BIN_DIR") {
+            return Ok(PathBuf::from(d));
+        }
+        let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let v = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("pg_ctl").exists().then_some((v, bin))
+            })
+            .collect();
+        versions.sort();
+        if let Some((_, bin)) = versions.pop() {
+            return Ok(bin);
+        }
+        std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .find(|d| d.join("pg_ctl").exists())
+            .ok_or(PgError::NoBinaries)
+    }
+
+    fn user(&self) -> Option<String> {
+        match &self.os_user {
+            Some(u) => Some(u.clone()),
+            None if nix::unistd::geteuid().is_root() => Some("postgres".into()),
+            None => None,
+        }
+    }
+
+    /// A command for one of the PostgreSQL tools, run as the server's OS user.
+    fn tool(&self, name: &str) -> Command {
+        let program = self.bin_dir.join(name);
+        let mut cmd = match self.user() {
+            Some(u) if !is_current_user(&u) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={u}"),
+                    format!("--regid={u}"),
+                    "--init-groups".into(),
+                ])
+                .arg(&program);
+                c
+            }
+            _ => Command::new(&program),
+        };
+        cmd.stdin(Stdio::null())
+            .kill_on_drop(true)
+            .env("LC_ALL", "C");
+        cmd
+    }
+
+    async fn run(
+        &self,
+        name: &str,
+        mut cmd: Command,
+        timeout: Duration,
+    ) -> Result<String, PgError> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = match tokio::time::timeout(timeout, cmd.output()).await {
+            Err(_) => {
+                return Err(PgError::Command {
+                    program: name.into(),
+                    status: format!("no result within {timeout:?}"),
+                    stderr: String::new(),
+                })
+            }
+            Ok(r) => r.map_err(|source| PgError::Io {
+                what: format!("running {name}"),
+                source,
+            })?,
+        };
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+            if stderr.is_empty() {
+                stderr = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            }
+            Err(PgError::Command {
+                program: name.into(),
+                status: out.status.to_string(),
+                stderr,
+            })
+        }
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        let mut p = self.data_dir.clone().into_os_string();
+        p.push(".log");
+        PathBuf::from(p)
+    }
+
+    /// Creates a new cluster with data checksums, listening on 127.0.0.1 only, ready to be a
+    /// replication source. The parent directory must be writable by the server's OS user.
+    pub async fn initdb(&self, opts: &InitOptions, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.tool("initdb");
+        cmd.arg("-D").arg(&self.data_dir).args([
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--data-checksums",
+            "--no-sync",
+        ]);
+        let pwfile = self.data_dir.with_extension("pw");
+        if let Some(pw) = &opts.superuser_password {
+            write_owned(&pwfile, pw, self.user().as_deref())?;
+            cmd.arg(format!("--pwfile={}", pwfile.display()))
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
+        } else {
+            cmd.args(["--auth=trust"]);
+        }
+        let r = self.run("initdb", cmd, timeout).await;
+        let _ = std::fs::remove_file(&pwfile);
+        r?;
+        let mut conf = String::from(
+            "\n# lifeboat\nlisten_addresses = '127.0.0.1'\nwal_level = replica\nhot_standby = on\n\
+             wal_log_hints = on\nmax_wal_senders = 10\nwal_keep_size = '512MB'\nhot_standby_feedback = on\n\
+             wal_receiver_status_interval = 1s\nwal_sender_timeout = 5s\nwal_receiver_timeout = 5s\n",
+        );
+        for s in &opts.settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        append(&self.data_dir.join("postgresql.conf"), &conf)
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub async fn start(&self, timeout: Duration) -> Result<(), PgError> {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.arg("start")
+            .arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(self.log_file())
+            .args(["-w", "-t", &secs(timeout)])
+            .arg("-o")
+            .arg(format!("-p {} -k ''", self.port));
+        self.run("pg_ctl start", cmd, timeout + Duration::from_secs(1))
+            .await
+            .map(|_| ())
+    }
+
+    /// Stops the server; a server that is not running counts as stopped.
+    pub async fn stop(&self, mode: StopMode, timeout: Duration) -> Result<(), PgError> {
+        if !self.is_running().await {
+            return Ok(());
+        }
+        let mut cmd = self.tool("pg_ctl");
+        cmd.arg("stop").arg("-D").arg(&self.data_dir).args([
+            "-m",
+            mode.as_str(),
+            "-w",
+            "-t",
+            &secs(timeout),
+        ]);
+        match self
+            .run("pg_ctl stop", cmd, timeout + Duration::from_secs(1))
+            .await
+        {
+            Err(_) if !self.is_running().await => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    pub async fn is_running(&self) -> bool {
+        let mut cmd = self.tool("pg_ctl");
+        cmd.arg("status").arg("-D").arg(&self.data_dir);
+        self.run("pg_ctl status", cmd, Duration::from_secs(5))
+            .await
+            .is_ok()
+    }
+
+    /// The postmaster's PID from `postmaster.pid`, when the file exists.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Makes this data directory a fresh copy of `primary` with `pg_basebackup`, configured as
+    /// its standby under `application_name`. An existing directory is moved aside, not deleted.
+    pub async fn clone_from(
+        &self,
+        primary: &ConnInfo,
+        application_name: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        if self.data_dir.exists() {
+            let stamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let aside = PathBuf::from(format!("{}.replaced-{stamp}", self.data_dir.display()));
+            std::fs::rename(&self.data_dir, &aside).map_err(|source| PgError::Io {
+                what: format!(
+                    "moving {} aside to {}",
+                    self.data_dir.display(),
+                    aside.display()
+                ),
+                source,
+            })?;
+            tracing::info!(old = %aside.display(), "previous data directory kept");
+        }
+        let mut cmd = self.tool("pg_basebackup");
+        cmd.arg("-d")
+            .arg(primary.to_libpq(Some(application_name)))
+            .arg("-D")
+            .arg(&self.data_dir)
+            .args(["-X", "stream", "-c", "fast", "--no-sync"]);
+        self.run("pg_basebackup", cmd, timeout).await?;
+        self.configure_standby(primary, application_name)
+    }
+
+    /// Rewinds this stopped data directory onto `source`'s timeline, then makes it its standby.
+    pub async fn rewind_from(
+        &self,
+        source: &ConnInfo,
+        application_name: &str,
+        timeout: Duration,
+    ) -> Result<(), PgError> {
+        // A freshly promoted source writes its new timeline to pg_control only at a
+        // checkpoint; without one pg_rewind sees no divergence and does nothing.
+        let c = crate::sql::connect(source, timeout).await?;
+        c.batch_execute("CHECKPOINT").await.map_err(|e| {
+            let (reason, sqlstate) = crate::error::describe(&e);
+            PgError::Query {
+                what: "checkpoint before pg_rewind",
+                target: source.to_string(),
+                reason,
+                sqlstate,
+            }
+        })?;
+        drop(c);
+        let mut cmd = self.tool("pg_rewind");
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg(format!("--source-server={}", source.to_libpq(None)))
+            .arg("--no-sync");
+        self.run("pg_rewind", cmd, timeout).await?;
+        self.configure_standby(source, application_name)
+    }
+
+    /// Writes `standby.signal` and `primary_conninfo` so the server starts as a standby of
+    /// `primary`. A read-only fence is dropped: a standby is read-only anyway.
+    pub fn configure_standby(
+        &self,
+        primary: &ConnInfo,
+        application_name: &str,
+    ) -> Result<(), PgError> {
+        let auto = self.data_dir.join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&auto).unwrap_or_default();
+        let mut text: String = old
+            .lines()
+            .filter(|l| {
+                let key = l.split('=').next().unwrap_or("").trim();
+                key != "primary_conninfo" && key != "default_transaction_read_only"
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let conninfo = primary.to_libpq(Some(application_name)).replace('\'', "''");
+        text.push_str(&format!("primary_conninfo = '{conninfo}'\n"));
+        let user = self.user();
+        write_owned(&auto, &text, user.as_deref())?;
+        write_owned(&self.data_dir.join("standby.signal"), "", user.as_deref())
+    }
+}
+
+fn secs(d: Duration) -> String {
+    d.as_secs().max(1).to_string()
+}
+
+fn is_current_user(name: &str) -> bool {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .is_some_and(|u| u.uid == nix::unistd::geteuid())
+}
+
+fn append(path: &Path, text: &str) -> Result<(), PgError> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| PgError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })
+}
+
+/// Writes a file with mode 0600 owned by `user`, replacing it atomically.
+fn write_owned(path: &Path, text: &str, user: Option<&str>) -> Result<(), PgError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| PgError::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    let tmp = path.with_extension("lifeboat-tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    if let Some(u) = user.and_then(|u| nix::unistd::User::from_name(u).ok().flatten()) {
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&tmp, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+                .map_err(io)?;
+        }
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
