@@ -1,1 +1,306 @@
-//! placeholder
+//! The HTTP API under `/v1`, `/metrics` and `/healthz`: the only crate that speaks HTTP to
+//! users. Reading is open; every request that changes something needs the bearer token.
+//! It holds no logic of its own: requests go to the controller through its [`Handle`].
+
+// Handlers return ready responses on their error paths; boxing them buys nothing here.
+#![allow(clippy::result_large_err)]
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use lifeboat_core::Command;
+use lifeboat_exec::{Handle, Request};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a changing request may wait for its plan to finish.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub handle: Handle,
+    /// `None`: no token configured, so every changing request is refused.
+    pub token: Option<Arc<str>>,
+    pub registry: Arc<Registry>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1", get(index))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/incidents", get(incidents))
+        .route("/v1/incidents/{id}", get(incident))
+        .route("/v1/switchover", post(switchover))
+        .route("/v1/failover", post(failover))
+        .route("/v1/rejoin", post(rejoin))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; GET /v1 lists them",
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `cancel`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn index() -> Json<serde_json::Value> {
+    Json(json!({
+        "endpoints": {
+            "GET /healthz": "liveness",
+            "GET /metrics": "Prometheus metrics",
+            "GET /v1/status": "regions, nodes, roles, health, lag, endpoint target and the current decision",
+            "GET /v1/events?limit=N": "recent events and decisions",
+            "GET /v1/incidents?limit=N": "incidents, newest first",
+            "GET /v1/incidents/{id}": "one incident with its timeline and figures",
+            "POST /v1/switchover": "{\"to\": NODE} planned switchover, zero loss (token)",
+            "POST /v1/failover": "{\"to\": NODE, \"force\": false} manual failover (token)",
+            "POST /v1/rejoin": "{\"node\": NODE} rewind or re-clone a fenced node as a standby (token)",
+            "POST /v1/pause": "stop automatic failover (token)",
+            "POST /v1/resume": "resume automatic failover (token)"
+        }
+    }))
+}
+
+async fn metrics(State(s): State<ApiState>) -> Response {
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &s.registry) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        );
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn status(State(s): State<ApiState>) -> Response {
+    Json(s.handle.status()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match q {
+        Ok(Query(l)) => l.limit.unwrap_or(100).min(10_000),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match s.handle.store.events(limit) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn incidents(
+    State(s): State<ApiState>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match q {
+        Ok(Query(l)) => l.limit.unwrap_or(20).min(1_000),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match s.handle.store.incidents(limit) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn incident(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("incident id must be a number, got {id:?}"),
+        );
+    };
+    match s.handle.store.incident(id) {
+        Ok(Some(i)) => Json(i).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no incident {id}; GET /v1/incidents lists them"),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Checks the bearer token; on success returns the actor name for the audit log.
+fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<String, Response> {
+    let Some(expected) = &s.token else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "no API token is configured (controller.api-token-file or api-token-env), so changes over the API are disabled",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send Authorization: Bearer <token>",
+        )),
+        // Comparing digests keeps the comparison constant-time (blake3::Hash's Eq is).
+        Some(t) if blake3::hash(t.as_bytes()) == blake3::hash(expected.as_bytes()) => {
+            Ok("api".into())
+        }
+        Some(_) => Err(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+    }
+}
+
+fn check_node(s: &ApiState, node: &str) -> Result<(), Response> {
+    if s.handle.node_names.iter().any(|n| n == node) {
+        Ok(())
+    } else {
+        Err(error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown node {node:?}; known nodes: {}",
+                s.handle.node_names.join(", ")
+            ),
+        ))
+    }
+}
+
+async fn act(s: &ApiState, headers: &HeaderMap, request: Request) -> Response {
+    let actor = match authorize(s, headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let node = match &request {
+        Request::Command(Command::Switchover { to } | Command::Failover { to, .. }) => Some(to),
+        Request::Command(Command::Rejoin { node }) => Some(node),
+        Request::Pause | Request::Resume => None,
+    };
+    if let Some(n) = node {
+        if let Err(r) = check_node(s, n) {
+            return r;
+        }
+    }
+    let reply = s.handle.request(request, &actor, REQUEST_TIMEOUT).await;
+    let code = if reply.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    (code, Json(reply)).into_response()
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    b.map(|Json(v)| v)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct To {
+    to: String,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeBody {
+    node: String,
+}
+
+async fn switchover(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    b: Result<Json<To>, JsonRejection>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    match body(b) {
+        Ok(To { force: true, .. }) => error(
+            StatusCode::BAD_REQUEST,
+            "a switchover cannot be forced; use /v1/failover",
+        ),
+        Ok(To { to, .. }) => act(&s, &headers, Request::Command(Command::Switchover { to })).await,
+        Err(r) => r,
+    }
+}
+
+async fn failover(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    b: Result<Json<To>, JsonRejection>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    match body(b) {
+        Ok(To { to, force }) => {
+            act(
+                &s,
+                &headers,
+                Request::Command(Command::Failover { to, force }),
+            )
+            .await
+        }
+        Err(r) => r,
+    }
+}
+
+async fn rejoin(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    b: Result<Json<NodeBody>, JsonRejection>,
+) -> Response {
+    if let Err(r) = authorize(&s, &headers) {
+        return r;
+    }
+    match body(b) {
+        Ok(NodeBody { node }) => {
+            act(&s, &headers, Request::Command(Command::Rejoin { node })).await
+        }
+        Err(r) => r,
+    }
+}
+
+async fn pause(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    act(&s, &headers, Request::Pause).await
+}
+
+async fn resume(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    act(&s, &headers, Request::Resume).await
+}

@@ -230,6 +230,88 @@ impl LocalServer {
         text.lines().next()?.trim().parse().ok()
     }
 
+    /// The postmaster and its children, read from /proc (empty when not running).
+    pub fn process_tree(&self) -> Vec<i32> {
+        let Some(pm) = self.postmaster_pid() else {
+            return Vec::new();
+        };
+        if !Path::new(&format!("/proc/{pm}")).exists() {
+            return Vec::new();
+        }
+        let mut pids = vec![pm];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(pm) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Stops the server (fast mode) without an async runtime, for cleanup in `Drop`.
+    pub fn stop_blocking(&self) {
+        if self.process_tree().is_empty() {
+            return;
+        }
+        let data = self.data_dir.display().to_string();
+        let args = ["stop", "-D", data.as_str(), "-m", "fast", "-w", "-t", "30"];
+        let pg_ctl = self.bin_dir.join("pg_ctl");
+        let mut cmd = match self.user() {
+            Some(u) if !is_current_user(&u) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.args([
+                    format!("--reuid={u}"),
+                    format!("--regid={u}"),
+                    "--init-groups".into(),
+                ])
+                .arg(&pg_ctl);
+                c
+            }
+            _ => std::process::Command::new(&pg_ctl),
+        };
+        let _ = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Makes `dir` usable by the server's OS user (owner, mode 0755), so that data
+    /// directories and logs can be created in it.
+    pub fn prepare_dir(&self, dir: &Path) -> Result<(), PgError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |source| PgError::Io {
+            what: format!("preparing {}", dir.display()),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(io)?;
+        if let (Some(u), true) = (self.user(), nix::unistd::geteuid().is_root()) {
+            let u = nix::unistd::User::from_name(&u)
+                .ok()
+                .flatten()
+                .ok_or_else(|| PgError::Io {
+                    what: format!("preparing {}", dir.display()),
+                    source: std::io::Error::other(format!(
+                        "the OS user {u} does not exist; install PostgreSQL or set control.os-user"
+                    )),
+                })?;
+            std::os::unix::fs::chown(dir, Some(u.uid.as_raw()), Some(u.gid.as_raw()))
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
     /// Makes this data directory a fresh copy of `primary` with `pg_basebackup`, configured as
     /// its standby under `application_name`. An existing directory is moved aside, not deleted.
     pub async fn clone_from(

@@ -53,16 +53,15 @@ impl Drop for TestDir {
     }
 }
 
-/// Chowns `path` to `postgres` when running as root, so servers can create files in it.
+/// Makes `path` writable by the PostgreSQL OS user (`postgres` when running as root).
 pub fn give_to_postgres(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-    if nix::unistd::geteuid().is_root() {
-        let u = nix::unistd::User::from_name("postgres")?
-            .context("the OS user postgres does not exist; install PostgreSQL")?;
-        std::os::unix::fs::chown(path, Some(u.uid.as_raw()), Some(u.gid.as_raw()))?;
-    }
-    Ok(())
+    let any = LocalServer {
+        bin_dir: PathBuf::new(),
+        data_dir: PathBuf::new(),
+        os_user: None,
+        port: 0,
+    };
+    Ok(any.prepare_dir(path)?)
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -163,28 +162,8 @@ impl PgCluster {
         Ok(())
     }
 
-    /// The postmaster and its children, read from /proc.
     pub fn process_tree(&self) -> Vec<i32> {
-        let Some(pm) = self.server.postmaster_pid() else {
-            return Vec::new();
-        };
-        let mut pids = vec![pm];
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
-            if ppid == Some(pm) {
-                pids.push(pid);
-            }
-        }
-        pids
+        self.server.process_tree()
     }
 
     /// Waits until this standby's WAL receiver streams.
@@ -211,27 +190,7 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        // Graceful stop, synchronously: Drop cannot await, and the runtime may be gone.
-        if self.server.postmaster_pid().is_none() {
-            return;
-        }
-        let pg_ctl = self.server.bin_dir.join("pg_ctl");
-        let data = self.server.data_dir.display().to_string();
-        let args = ["stop", "-D", data.as_str(), "-m", "fast", "-w", "-t", "30"];
-        let mut cmd = if nix::unistd::geteuid().is_root() {
-            let mut c = std::process::Command::new("setpriv");
-            c.args(["--reuid=postgres", "--regid=postgres", "--init-groups"])
-                .arg(&pg_ctl)
-                .args(args);
-            c
-        } else {
-            let mut c = std::process::Command::new(&pg_ctl);
-            c.args(args);
-            c
-        };
-        let _ = cmd
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        // Drop cannot await, and the runtime may be gone.
+        self.server.stop_blocking();
     }
 }

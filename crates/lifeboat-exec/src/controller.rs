@@ -1,0 +1,655 @@
+//! The daemon's control loop. Everything that can make Lifeboat act arrives as one [`Event`];
+//! after each, the pure core decides and the executor carries the plan out.
+
+use crate::executor::{now, Context, Execution, Executor, Timeouts};
+use crate::metrics::Metrics;
+use crate::nodes::Node;
+use crate::router::{Route, Router};
+use crate::status::{EndpointStatus, NodeStatus, Status};
+use lifeboat_config::Config;
+use lifeboat_core::{
+    decide, plan_command, ClusterView, Command, ControllerState, Decision, Millis, NodeView,
+    PgFacts, Policy, Thresholds, Tracker,
+};
+use lifeboat_postgres as pg;
+use lifeboat_store::{Outcome, Store};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Everything that can make the controller act.
+#[derive(Debug)]
+pub enum Event {
+    Probe {
+        node: String,
+        at: Millis,
+        result: Result<pg::PgObservation, String>,
+    },
+    Check {
+        region: String,
+        check: String,
+        at: Millis,
+        result: Result<(), String>,
+    },
+    Request {
+        request: Request,
+        actor: String,
+        reply: oneshot::Sender<Reply>,
+    },
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    Command(Command),
+    Pause,
+    Resume,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    pub message: String,
+    pub incident: Option<i64>,
+}
+
+/// How the API and the CLI reach the running controller.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Event>,
+    status: watch::Receiver<Status>,
+    pub store: Arc<Store>,
+    pub node_names: Vec<String>,
+}
+
+impl Handle {
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Sends a request and waits for its outcome (a plan may take a while to run).
+    pub async fn request(&self, request: Request, actor: &str, timeout: Duration) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        let ev = Event::Request {
+            request,
+            actor: actor.to_owned(),
+            reply,
+        };
+        if self.tx.send(ev).await.is_err() {
+            return Reply {
+                ok: false,
+                message: "the controller is shutting down".into(),
+                incident: None,
+            };
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Reply { ok: false, message: "the controller stopped before answering".into(), incident: None },
+            Err(_) => Reply {
+                ok: false,
+                message: format!("no answer within {timeout:?}; the request may still complete: check `lifeboat status`"),
+                incident: None,
+            },
+        }
+    }
+}
+
+pub struct Controller {
+    cfg: Arc<Config>,
+    nodes: Vec<Node>,
+    store: Arc<Store>,
+    router: Router,
+    executor: Executor,
+    policy: Policy,
+    thresholds: Thresholds,
+    state: ControllerState,
+    trackers: BTreeMap<String, Tracker>,
+    facts: BTreeMap<String, PgFacts>,
+    replica_lag_s: BTreeMap<String, f64>,
+    checks: BTreeMap<(String, String), Tracker>,
+    last_decision: String,
+    resume_not_before: Option<Millis>,
+    status: watch::Sender<Status>,
+    metrics: Arc<Metrics>,
+}
+
+impl Controller {
+    /// Builds the controller from the config, loading durable state from `store`.
+    pub fn new(
+        cfg: Arc<Config>,
+        nodes: Vec<Node>,
+        store: Arc<Store>,
+        router: Router,
+        metrics: Arc<Metrics>,
+    ) -> Controller {
+        let f = &cfg.failover;
+        let t = Timeouts {
+            probe: cfg.probe.timeout.get(),
+            promote: f.promote_timeout.get(),
+            fence: f.fence_timeout.get(),
+            catch_up: f.catch_up_timeout.get(),
+            rejoin: Duration::from_secs(120),
+        };
+        let state = store.state().unwrap_or_else(|e| {
+            warn!(error = %e, "could not read the controller state; starting empty");
+            ControllerState::default()
+        });
+        let start = now();
+        Controller {
+            policy: Policy {
+                mode: f.mode,
+                replication: f.replication,
+                max_lag_bytes: f.max_lag.0,
+                cooldown_ms: f.cooldown.get().as_millis() as u64,
+            },
+            thresholds: Thresholds {
+                failure: cfg.probe.failure_threshold,
+                success: cfg.probe.success_threshold,
+            },
+            executor: Executor::new(&nodes, router.clone(), store.clone(), t),
+            trackers: nodes
+                .iter()
+                .map(|n| (n.name.clone(), Tracker::new(start)))
+                .collect(),
+            checks: cfg
+                .regions
+                .iter()
+                .flat_map(|(r, rc)| {
+                    rc.checks
+                        .iter()
+                        .map(move |c| ((r.clone(), c.name.clone()), Tracker::new(start)))
+                })
+                .collect(),
+            facts: BTreeMap::new(),
+            replica_lag_s: BTreeMap::new(),
+            last_decision: String::new(),
+            resume_not_before: None,
+            status: watch::Sender::new(Status::default()),
+            cfg,
+            nodes,
+            store,
+            router,
+            state,
+            metrics,
+        }
+    }
+
+    /// Starts probers and the loop; returns the handle the API uses.
+    pub fn start(self, cancel: CancellationToken, tasks: &TaskTracker) -> Handle {
+        let (tx, rx) = mpsc::channel(1024);
+        let handle = Handle {
+            tx: tx.clone(),
+            status: self.status.subscribe(),
+            store: self.store.clone(),
+            node_names: self.nodes.iter().map(|n| n.name.clone()).collect(),
+        };
+        let interval = self.cfg.probe.interval.get();
+        let timeout = self.cfg.probe.timeout.get();
+        for n in &self.nodes {
+            tasks.spawn(prober(
+                n.name.clone(),
+                n.conn.clone(),
+                interval,
+                timeout,
+                tx.clone(),
+                cancel.clone(),
+            ));
+        }
+        for (region, rc) in &self.cfg.regions {
+            for c in &rc.checks {
+                tasks.spawn(crate::checks::checker(
+                    region.clone(),
+                    c.clone(),
+                    interval.max(Duration::from_secs(1)),
+                    timeout,
+                    tx.clone(),
+                    cancel.clone(),
+                ));
+            }
+        }
+        tasks.spawn(ticker(tx, cancel.clone()));
+        tasks.spawn(self.run(rx, cancel));
+        handle
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
+        info!(primary = ?self.state.primary, epoch = self.state.epoch, "controller started");
+        let _ = self.store.event(now(), "controller", "controller started");
+        self.publish(&["starting".into()]);
+        loop {
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                () = cancel.cancelled() => None,
+            };
+            let Some(ev) = ev else { break };
+            self.handle(ev).await;
+            // Take everything already queued before deciding once.
+            while let Ok(ev) = rx.try_recv() {
+                self.handle(ev).await;
+            }
+            self.decide_and_act().await;
+        }
+        let _ = self.store.event(now(), "controller", "controller stopped");
+        info!("controller stopped");
+    }
+
+    async fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Probe { node, at, result } => {
+                let Some(tr) = self.trackers.get_mut(&node) else {
+                    return;
+                };
+                let changed = tr.observe(
+                    result.as_ref().map(|_| ()).map_err(String::as_str),
+                    at,
+                    self.thresholds,
+                );
+                if let Ok(obs) = result {
+                    for r in &obs.replicas {
+                        if let Some(l) = r.replay_lag_s.or(r.flush_lag_s) {
+                            self.replica_lag_s.insert(r.application_name.clone(), l);
+                        } else if !obs.in_recovery {
+                            self.replica_lag_s.insert(r.application_name.clone(), 0.0);
+                        }
+                    }
+                    self.facts.insert(node.clone(), facts_of(&obs));
+                }
+                if changed {
+                    let h = &self.trackers[&node].health;
+                    info!(%node, health = %h, "node health changed");
+                    let _ = self.store.event(at, "health", &format!("{node}: {h}"));
+                }
+            }
+            Event::Check {
+                region,
+                check,
+                at,
+                result,
+            } => {
+                if let Some(tr) = self.checks.get_mut(&(region.clone(), check.clone())) {
+                    if tr.observe(
+                        result.as_ref().map(|_| ()).map_err(String::as_str),
+                        at,
+                        self.thresholds,
+                    ) {
+                        let _ = self.store.event(
+                            at,
+                            "check",
+                            &format!("{region}/{check}: {}", tr.health),
+                        );
+                    }
+                }
+            }
+            Event::Request {
+                request,
+                actor,
+                reply,
+            } => {
+                let r = self.request(request, &actor).await;
+                let _ = reply.send(r);
+            }
+            Event::Tick => {}
+        }
+    }
+
+    async fn request(&mut self, request: Request, actor: &str) -> Reply {
+        let at = now();
+        let _ = self.store.audit(at, actor, &format!("{request:?}"), "");
+        match request {
+            Request::Pause | Request::Resume => {
+                self.state.paused = request == Request::Pause;
+                let _ = self.store.put_state(&self.state);
+                let word = if self.state.paused {
+                    "paused"
+                } else {
+                    "resumed"
+                };
+                let _ = self
+                    .store
+                    .event(at, "operator", &format!("{word} by {actor}"));
+                Reply {
+                    ok: true,
+                    message: format!("automatic failover {word}"),
+                    incident: None,
+                }
+            }
+            Request::Command(cmd) => {
+                if self.state.in_flight.is_some() {
+                    return Reply {
+                        ok: false,
+                        message:
+                            "a plan is in flight; wait for it to finish (see `lifeboat status`)"
+                                .into(),
+                        incident: None,
+                    };
+                }
+                let view = self.view();
+                match plan_command(&view, &self.policy, &cmd, at) {
+                    Err(reasons) => {
+                        let _ = self.store.event(
+                            at,
+                            "operator",
+                            &format!("{cmd:?} refused: {}", reasons.join("; ")),
+                        );
+                        Reply {
+                            ok: false,
+                            message: reasons.join("\n"),
+                            incident: None,
+                        }
+                    }
+                    Ok(plan) => {
+                        let ex = self.execute(&plan, at).await;
+                        let ok = ex.outcome == Outcome::Ok;
+                        let mut message = plan.to_string();
+                        message.push_str(&format!("outcome: {}", ex.outcome.as_str()));
+                        if let Some(p) = &ex.problem {
+                            message.push_str(&format!(" ({p})"));
+                        }
+                        Reply {
+                            ok,
+                            message,
+                            incident: ex.incident,
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn execute(&mut self, plan: &lifeboat_core::Plan, at: Millis) -> Execution {
+        self.publish(&[format!("executing {}", plan.kind.as_str())]);
+        let last_ok = plan
+            .old_primary
+            .as_ref()
+            .and_then(|o| self.trackers.get(o))
+            .and_then(|t| t.last_ok);
+        let tier = self.cfg.tier();
+        let ctx = Context {
+            decided_at: at,
+            last_ok_at: last_ok,
+            rto_target_ms: tier.map(|t| t.rto.get().as_millis() as u64),
+            rpo_target_ms: tier.map(|t| t.rpo.get().as_millis() as u64),
+        };
+        let ex = self.executor.run(plan, &mut self.state, ctx).await;
+        self.metrics
+            .plan_finished(plan.kind.as_str(), ex.outcome.as_str(), &ex.figures);
+        let summary = format!(
+            "{} {}{}",
+            plan.kind.as_str(),
+            ex.outcome.as_str(),
+            ex.problem
+                .as_ref()
+                .map(|p| format!(": {p}"))
+                .unwrap_or_default()
+        );
+        let _ = self.store.event(now(), "plan", &summary);
+        if self.state.in_flight.is_some() {
+            self.resume_not_before = Some(now().plus_ms(1_000));
+        }
+        // Facts about the nodes the plan touched are stale now.
+        for s in &plan.steps {
+            self.facts.remove(s.node());
+        }
+        ex
+    }
+
+    async fn decide_and_act(&mut self) {
+        let at = now();
+        if self.state.in_flight.is_some() && self.resume_not_before.is_some_and(|t| at < t) {
+            return self.publish(&["waiting to resume the plan in flight".into()]);
+        }
+        let view = self.view();
+        let d = decide(&view, &self.policy, at);
+        let text = d.to_string();
+        if text != self.last_decision {
+            let _ = self.store.decision(at, &d);
+            self.last_decision = text;
+        }
+        match d {
+            Decision::NoAction { reasons } => self.publish(&reasons),
+            Decision::Act(plan) => {
+                self.execute(&plan, at).await;
+                self.last_decision.clear();
+                let view = self.view();
+                let reasons = decide(&view, &self.policy, now()).reasons().to_vec();
+                self.publish(&reasons);
+            }
+        }
+    }
+
+    fn view(&self) -> ClusterView {
+        let region_ok = |region: &str| {
+            !self
+                .checks
+                .iter()
+                .any(|((r, _), t)| r == region && t.health.is_down())
+        };
+        ClusterView {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| NodeView {
+                    name: n.name.clone(),
+                    region: n.region.clone(),
+                    region_role: n.region_role,
+                    priority: n.priority,
+                    health: self.trackers[&n.name].health.clone(),
+                    facts: self.facts.get(&n.name).cloned(),
+                    fenced: self.state.fenced.contains(&n.name),
+                    needs_rejoin: self.state.needs_rejoin.contains(&n.name),
+                    checks_ok: region_ok(&n.region),
+                    controllable: n.control.is_some(),
+                    stonith: n.fence_command.is_some(),
+                })
+                .collect(),
+            primary: self.state.primary.clone(),
+            epoch: self.state.epoch,
+            paused: self.state.paused,
+            last_failover: self.state.last_failover,
+            in_flight: self.state.in_flight.clone(),
+            endpoint: match self.router.current() {
+                Route::To { node, .. } => Some(node),
+                Route::Blocked => None,
+            },
+        }
+    }
+
+    fn publish(&self, reasons: &[String]) {
+        let st = &self.state;
+        let primary_lsn = st
+            .primary
+            .as_ref()
+            .and_then(|p| self.facts.get(p))
+            .filter(|f| !f.in_recovery)
+            .map(|f| f.lsn);
+        let route = self.router.current();
+        let mut exposure: Option<(u64, f64)> = None;
+        let nodes: Vec<NodeStatus> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let tr = &self.trackers[&n.name];
+                let f = self.facts.get(&n.name);
+                let is_primary = st.primary.as_deref() == Some(n.name.as_str());
+                let role = if st.needs_rejoin.contains(&n.name) {
+                    "needs-rejoin"
+                } else if st.fenced.contains(&n.name) {
+                    "fenced"
+                } else if is_primary {
+                    "primary"
+                } else if f.is_some_and(|f| f.in_recovery) {
+                    "standby"
+                } else {
+                    "unknown"
+                };
+                let lag_bytes = match (f, primary_lsn) {
+                    (Some(f), Some(p)) if f.in_recovery => Some(p.saturating_sub(f.lsn)),
+                    _ => None,
+                };
+                let lag_seconds = if f.is_some_and(|f| f.in_recovery) {
+                    self.replica_lag_s.get(&n.name).copied()
+                } else {
+                    None
+                };
+                if role == "standby" && tr.health.is_up() {
+                    if let Some(b) = lag_bytes {
+                        let s = lag_seconds.unwrap_or(0.0);
+                        exposure = Some(match exposure {
+                            None => (b, s),
+                            Some((eb, es)) => (eb.min(b), es.min(s)),
+                        });
+                    }
+                }
+                let sync_state = st
+                    .primary
+                    .as_ref()
+                    .and_then(|p| self.facts.get(p))
+                    .map(|pf| {
+                        if pf.sync_standbys.contains(&n.name) {
+                            "sync".to_owned()
+                        } else if pf.connected_standbys.contains(&n.name) {
+                            "async".to_owned()
+                        } else {
+                            "disconnected".to_owned()
+                        }
+                    });
+                self.metrics
+                    .node(&n.name, tr.health.is_up(), lag_bytes, lag_seconds);
+                NodeStatus {
+                    name: n.name.clone(),
+                    region: n.region.clone(),
+                    region_role: n.region_role.to_string(),
+                    role: role.into(),
+                    health: tr.health.label().into(),
+                    health_detail: tr.health.to_string(),
+                    lsn: f.map(|f| pg::format_lsn(f.lsn)),
+                    lag_bytes,
+                    lag_seconds,
+                    streaming: f.filter(|f| f.in_recovery).map(|f| f.streaming),
+                    sync_state: if is_primary { None } else { sync_state },
+                    last_ok_ms: tr.last_ok.map(|m| m.0),
+                }
+            })
+            .collect();
+        self.metrics.cluster(
+            st.epoch,
+            st.paused,
+            exposure,
+            self.router.stats.active.load(Ordering::Relaxed),
+        );
+        let tier = self.cfg.tier();
+        let status = Status {
+            at_ms: now().0,
+            service: self.cfg.service.name.clone(),
+            tier: self.cfg.service.tier.clone(),
+            replication: self.cfg.failover.replication.to_string(),
+            mode: format!("{:?}", self.cfg.failover.mode).to_lowercase(),
+            primary: st.primary.clone(),
+            epoch: st.epoch,
+            paused: st.paused,
+            endpoint: EndpointStatus {
+                listen: self.cfg.endpoint.listen.to_string(),
+                routes_to: match &route {
+                    Route::To { node, .. } => Some(node.clone()),
+                    Route::Blocked => None,
+                },
+                epoch: match &route {
+                    Route::To { epoch, .. } => Some(*epoch),
+                    Route::Blocked => None,
+                },
+                active_connections: self.router.stats.active.load(Ordering::Relaxed),
+            },
+            nodes,
+            decision: reasons.to_vec(),
+            in_flight: st.in_flight.as_ref().map(|p| p.to_string()),
+            rpo_exposure_bytes: exposure.map(|e| e.0),
+            rpo_exposure_seconds: exposure.map(|e| e.1),
+            rpo_target_seconds: tier.map(|t| t.rpo.get().as_secs_f64()),
+            rto_target_seconds: tier.map(|t| t.rto.get().as_secs_f64()),
+            last_incident: self
+                .store
+                .incidents(1)
+                .ok()
+                .and_then(|v| v.first().map(|i| i.id)),
+        };
+        self.status.send_replace(status);
+    }
+}
+
+fn facts_of(o: &pg::PgObservation) -> PgFacts {
+    let sync = |s: &str| s == "sync" || s == "quorum";
+    PgFacts {
+        in_recovery: o.in_recovery,
+        lsn: o.current_lsn,
+        replay_lsn: o.replay_lsn,
+        streaming: o.wal_receiver_streaming,
+        sync_standbys: o
+            .replicas
+            .iter()
+            .filter(|r| sync(&r.sync_state))
+            .map(|r| r.application_name.clone())
+            .collect(),
+        connected_standbys: o
+            .replicas
+            .iter()
+            .filter(|r| r.state == "streaming")
+            .map(|r| r.application_name.clone())
+            .collect(),
+        synchronous_standby_names: o.synchronous_standby_names.clone(),
+        timeline: o.timeline,
+        read_only: o.default_read_only,
+    }
+}
+
+/// One prober per node: a fresh connection every interval, results sent as events.
+async fn prober(
+    node: String,
+    conn: pg::ConnInfo,
+    interval: Duration,
+    timeout: Duration,
+    tx: mpsc::Sender<Event>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        let at = now();
+        let result = pg::probe(&conn, timeout).await.map_err(|e| e.to_string());
+        // Stamp failures when they are known, successes when the probe started.
+        let at = if result.is_err() { now() } else { at };
+        if tx
+            .send(Event::Probe {
+                node: node.clone(),
+                at,
+                result,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+async fn ticker(tx: mpsc::Sender<Event>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = cancel.cancelled() => return,
+        }
+        if tx.send(Event::Tick).await.is_err() {
+            return;
+        }
+    }
+}

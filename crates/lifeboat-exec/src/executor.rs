@@ -1,0 +1,564 @@
+//! The one executor: every side effect of a plan goes through here, bounded in time and
+//! recorded step by step in the incident's timeline. A step that cannot tell what happened
+//! ends as `unknown`; the plan is then kept in flight and resumed, never guessed.
+
+use crate::nodes::Node;
+use crate::router::Router;
+use lifeboat_core::{ControllerState, Millis, Plan, PlanKind, Step};
+use lifeboat_postgres as pg;
+use lifeboat_store::{Figures, Outcome, Store};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn, Instrument};
+
+pub fn now() -> Millis {
+    Millis(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub probe: Duration,
+    pub promote: Duration,
+    pub fence: Duration,
+    pub catch_up: Duration,
+    pub rejoin: Duration,
+}
+
+/// What a plan run achieved.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    pub outcome: Outcome,
+    pub incident: Option<i64>,
+    pub figures: Figures,
+    /// The step that failed or ended unknown, with its detail.
+    pub problem: Option<String>,
+}
+
+/// Known before the plan runs, for the incident's figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Context {
+    pub decided_at: Millis,
+    pub last_ok_at: Option<Millis>,
+    pub rto_target_ms: Option<u64>,
+    pub rpo_target_ms: Option<u64>,
+}
+
+enum StepResult {
+    Ok(String),
+    Failed(String),
+    Unknown(String),
+}
+
+pub struct Executor {
+    nodes: BTreeMap<String, Node>,
+    router: Router,
+    store: Arc<Store>,
+    t: Timeouts,
+}
+
+impl Executor {
+    pub fn new(nodes: &[Node], router: Router, store: Arc<Store>, t: Timeouts) -> Executor {
+        Executor {
+            nodes: nodes.iter().map(|n| (n.name.clone(), n.clone())).collect(),
+            router,
+            store,
+            t,
+        }
+    }
+
+    fn persist(&self, state: &ControllerState) {
+        if let Err(e) = self.store.put_state(state) {
+            warn!(error = %e, "could not persist controller state");
+        }
+    }
+
+    /// Runs `plan` to the end, or compensates it when it fails before its point of no return.
+    pub async fn run(&self, plan: &Plan, state: &mut ControllerState, ctx: Context) -> Execution {
+        let span = tracing::info_span!("plan", kind = plan.kind.as_str(), epoch = plan.epoch);
+        self.run_inner(plan, state, ctx).instrument(span).await
+    }
+
+    async fn run_inner(&self, plan: &Plan, state: &mut ControllerState, ctx: Context) -> Execution {
+        let fault = plan.fault_at.unwrap_or(ctx.decided_at);
+        let mut figures = Figures {
+            fault_at_ms: plan.fault_at.map(|m| m.0),
+            last_ok_at_ms: ctx.last_ok_at.map(|m| m.0),
+            detect_ms: plan.fault_at.map(|f| ctx.decided_at.since(f)),
+            lag_bytes_at_fault: plan.lag_bytes,
+            rto_target_ms: ctx.rto_target_ms,
+            rpo_target_ms: ctx.rpo_target_ms,
+            ..Figures::default()
+        };
+        let incident = match state
+            .in_flight_incident
+            .filter(|_| state.in_flight.as_ref() == Some(plan))
+        {
+            Some(id) => Some(id),
+            None if plan.kind.opens_incident() => {
+                match self.store.open_incident(ctx.decided_at, plan, &figures) {
+                    Ok(id) => Some(id),
+                    Err(e) => {
+                        warn!(error = %e, "could not record the incident");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        if plan.kind.opens_incident() || plan.kind == PlanKind::Rejoin {
+            state.in_flight = Some(plan.clone());
+            state.in_flight_incident = incident;
+            self.persist(state);
+        }
+        info!(incident, "executing\n{plan}");
+        let mut done: Vec<&Step> = Vec::new();
+        let mut past_no_return = false;
+        for step in &plan.steps {
+            if plan.epoch < state.epoch {
+                let why = format!(
+                    "fencing token {} is older than the current epoch {}: plan abandoned",
+                    plan.epoch, state.epoch
+                );
+                return self.finish(
+                    plan,
+                    state,
+                    incident,
+                    figures,
+                    Outcome::Failed,
+                    Some(why),
+                    false,
+                );
+            }
+            let started = now();
+            let row = incident.and_then(|i| {
+                self.store
+                    .step_started(i, started, step.name(), step.node(), "")
+                    .ok()
+            });
+            let result = self
+                .step(plan, step, state)
+                .instrument(tracing::info_span!(
+                    "step",
+                    step = step.name(),
+                    node = step.node()
+                ))
+                .await;
+            let ended = now();
+            let (outcome, detail) = match &result {
+                StepResult::Ok(d) => (Outcome::Ok, d.clone()),
+                StepResult::Failed(d) => (Outcome::Failed, d.clone()),
+                StepResult::Unknown(d) => (Outcome::Unknown, d.clone()),
+            };
+            info!(
+                step = step.name(),
+                node = step.node(),
+                outcome = outcome.as_str(),
+                ms = ended.since(started),
+                "{detail}"
+            );
+            if let Some(row) = row {
+                let _ = self.store.step_finished(row, ended, outcome, &detail);
+            }
+            match result {
+                StepResult::Ok(_) => {
+                    match step {
+                        Step::Promote { .. } => figures.promote_ms = Some(ended.since(fault)),
+                        Step::CheckWrite { .. } => {
+                            figures.first_write_ms = Some(ended.since(fault))
+                        }
+                        _ => {}
+                    }
+                    past_no_return |= step.is_point_of_no_return();
+                    done.push(step);
+                    if let Some(i) = incident {
+                        let _ = self.store.update_figures(i, &figures);
+                    }
+                }
+                StepResult::Failed(d) | StepResult::Unknown(d) => {
+                    let problem = format!("{} {}: {d}", step.name(), step.node());
+                    if past_no_return || matches!(step, Step::Promote { .. }) {
+                        // Never roll back a promotion that may have happened: keep the plan
+                        // in flight so the next loop carries it forward.
+                        warn!(%problem, "plan stalled after its point of no return; it stays in flight");
+                        return self.finish(
+                            plan,
+                            state,
+                            incident,
+                            figures,
+                            outcome,
+                            Some(problem),
+                            true,
+                        );
+                    }
+                    self.compensate(plan, &done, state, incident).await;
+                    return self.finish(
+                        plan,
+                        state,
+                        incident,
+                        figures,
+                        outcome,
+                        Some(problem),
+                        false,
+                    );
+                }
+            }
+        }
+        if matches!(
+            plan.kind,
+            PlanKind::Failover | PlanKind::ManualFailover | PlanKind::Switchover
+        ) {
+            state.last_failover = Some(now());
+        }
+        self.finish(plan, state, incident, figures, Outcome::Ok, None, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        plan: &Plan,
+        state: &mut ControllerState,
+        incident: Option<i64>,
+        figures: Figures,
+        outcome: Outcome,
+        problem: Option<String>,
+        keep_in_flight: bool,
+    ) -> Execution {
+        if !keep_in_flight && state.in_flight.as_ref() == Some(plan) {
+            state.in_flight = None;
+            state.in_flight_incident = None;
+        }
+        self.persist(state);
+        if let Some(i) = incident {
+            let status = if keep_in_flight {
+                Outcome::Running
+            } else {
+                outcome
+            };
+            let r = if keep_in_flight {
+                self.store.update_figures(i, &figures)
+            } else {
+                self.store.close_incident(i, now(), status, &figures)
+            };
+            if let Err(e) = r {
+                warn!(error = %e, "could not record the incident's end");
+            }
+        }
+        Execution {
+            outcome,
+            incident,
+            figures,
+            problem,
+        }
+    }
+
+    async fn compensate(
+        &self,
+        plan: &Plan,
+        done: &[&Step],
+        state: &mut ControllerState,
+        incident: Option<i64>,
+    ) {
+        for step in done.iter().rev() {
+            let Some(undo) = step.compensation(plan.epoch) else {
+                continue;
+            };
+            // Routing back is only right if the node we blocked is still the primary.
+            if let Step::RouteEndpoint { node, .. } = &undo {
+                if state.primary.as_deref() != Some(node.as_str()) {
+                    continue;
+                }
+            }
+            let at = now();
+            let row = incident.and_then(|i| {
+                self.store
+                    .step_started(i, at, undo.name(), undo.node(), "compensation")
+                    .ok()
+            });
+            let r = self.step(plan, &undo, state).await;
+            let (outcome, detail) = match r {
+                StepResult::Ok(d) => (Outcome::Compensated, d),
+                StepResult::Failed(d) => (Outcome::Failed, d),
+                StepResult::Unknown(d) => (Outcome::Unknown, d),
+            };
+            info!(
+                step = undo.name(),
+                node = undo.node(),
+                outcome = outcome.as_str(),
+                "compensation: {detail}"
+            );
+            if let Some(row) = row {
+                let _ = self.store.step_finished(row, now(), outcome, &detail);
+            }
+        }
+    }
+
+    fn node(&self, name: &str) -> Result<&Node, StepResult> {
+        self.nodes
+            .get(name)
+            .ok_or_else(|| StepResult::Failed(format!("node {name} is not in the config")))
+    }
+
+    async fn step(&self, plan: &Plan, step: &Step, state: &mut ControllerState) -> StepResult {
+        match self.step_inner(plan, step, state).await {
+            Ok(r) | Err(r) => r,
+        }
+    }
+
+    async fn step_inner(
+        &self,
+        plan: &Plan,
+        step: &Step,
+        state: &mut ControllerState,
+    ) -> Result<StepResult, StepResult> {
+        let t = self.t;
+        Ok(match step {
+            Step::BlockEndpoint { node } => {
+                self.router.block(node);
+                StepResult::Ok(format!("endpoint no longer routes to {node}"))
+            }
+            Step::Stonith { node } => {
+                let n = self.node(node)?;
+                let Some(cmd) = &n.fence_command else {
+                    return Ok(StepResult::Ok("no fence command".into()));
+                };
+                run_command(cmd, t.fence).await
+            }
+            Step::FenceNode { node, required } => {
+                let n = self.node(node)?;
+                state.fenced.insert(node.clone());
+                self.persist(state);
+                let r = self.fence(plan.kind, n).await;
+                match r {
+                    StepResult::Ok(d) => StepResult::Ok(d),
+                    StepResult::Failed(d) | StepResult::Unknown(d) if !required => {
+                        StepResult::Ok(format!("not reachable, fenced at the endpoint only ({d})"))
+                    }
+                    other => other,
+                }
+            }
+            Step::WaitCatchUp { node, from } => {
+                self.wait_catch_up(self.node(node)?, self.node(from)?).await
+            }
+            Step::Promote { node } => {
+                let n = self.node(node)?;
+                match pg::promote(&n.conn, t.promote).await {
+                    Ok(()) => {
+                        // A read-only fence may have come along in a base backup.
+                        let _ = pg::unfence_read_only(&n.conn, t.fence).await;
+                        StepResult::Ok(format!("{node} promoted"))
+                    }
+                    Err(e) if e.is_retryable() => StepResult::Unknown(e.to_string()),
+                    Err(e) => StepResult::Failed(e.to_string()),
+                }
+            }
+            Step::SetSyncStandbys { node, names } => {
+                let n = self.node(node)?;
+                let value = lifeboat_core::plan::sync_names_value(names);
+                match pg::set_synchronous_standby_names(&n.conn, &value, t.fence).await {
+                    Ok(()) => StepResult::Ok(format!("synchronous_standby_names = '{value}'")),
+                    Err(e) => StepResult::Failed(e.to_string()),
+                }
+            }
+            Step::RouteEndpoint { node, epoch } => {
+                let n = self.node(node)?;
+                state.primary = Some(node.clone());
+                state.epoch = state.epoch.max(*epoch);
+                self.persist(state);
+                self.router.route_to(node, n.addr, *epoch);
+                StepResult::Ok(format!(
+                    "endpoint routes to {node} at {} (epoch {epoch})",
+                    n.addr
+                ))
+            }
+            Step::CheckWrite { node } => {
+                let n = self.node(node)?;
+                let deadline = tokio::time::Instant::now() + t.promote;
+                let mut last: String;
+                loop {
+                    match pg::write_heartbeat(&n.conn, plan.epoch, t.probe).await {
+                        Ok(()) => {
+                            break StepResult::Ok(format!(
+                                "heartbeat committed on {node} (epoch {})",
+                                plan.epoch
+                            ))
+                        }
+                        Err(e) => last = e.to_string(),
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break StepResult::Unknown(format!(
+                            "no write succeeded within {:?}: {last}",
+                            t.promote
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Step::MarkNeedsRejoin { node } => {
+                state.fenced.insert(node.clone());
+                state.needs_rejoin.insert(node.clone());
+                self.persist(state);
+                StepResult::Ok(format!("{node} must rejoin before it serves again"))
+            }
+            Step::Rejoin { node, source } => {
+                let r = self.rejoin(self.node(node)?, self.node(source)?).await;
+                if matches!(r, StepResult::Ok(_)) {
+                    state.fenced.remove(node);
+                    state.needs_rejoin.remove(node);
+                    self.persist(state);
+                }
+                r
+            }
+            Step::Unfence { node } => {
+                let n = self.node(node)?;
+                let r = self.unfence(n).await;
+                if matches!(r, StepResult::Ok(_)) {
+                    state.fenced.remove(node);
+                    self.persist(state);
+                }
+                r
+            }
+        })
+    }
+
+    /// Read-only fence through SQL; for a lost or returning primary under local control, the
+    /// server is also stopped. A switchover keeps it running (read-only) so the target can
+    /// catch up with its last WAL.
+    async fn fence(&self, kind: PlanKind, n: &Node) -> StepResult {
+        let sql = pg::fence_read_only(&n.conn, self.t.fence).await;
+        let stop = match (&n.control, kind) {
+            (
+                Some(ctl),
+                PlanKind::Failover | PlanKind::ManualFailover | PlanKind::FenceReturned,
+            ) => Some(ctl.stop(pg::StopMode::Fast, self.t.fence).await),
+            _ => None,
+        };
+        match (sql, stop) {
+            (_, Some(Ok(()))) => StepResult::Ok(format!("{} stopped", n.name)),
+            (Ok(k), _) => {
+                StepResult::Ok(format!("{} read-only, {k} client session(s) ended", n.name))
+            }
+            (Err(e), None) => StepResult::Failed(format!("read-only fence failed: {e}")),
+            (Err(e), Some(Err(s))) => {
+                StepResult::Failed(format!("read-only fence failed: {e}; stop failed: {s}"))
+            }
+        }
+    }
+
+    async fn unfence(&self, n: &Node) -> StepResult {
+        if let Some(ctl) = &n.control {
+            if !ctl.is_running().await {
+                if let Err(e) = ctl.start(self.t.rejoin).await {
+                    return StepResult::Failed(format!("restart failed: {e}"));
+                }
+            }
+        }
+        match pg::unfence_read_only(&n.conn, self.t.fence).await {
+            Ok(()) => StepResult::Ok(format!("{} writable again", n.name)),
+            Err(e) => StepResult::Failed(e.to_string()),
+        }
+    }
+
+    async fn wait_catch_up(&self, target: &Node, from: &Node) -> StepResult {
+        let goal = match pg::probe(&from.conn, self.t.probe).await {
+            Ok(o) => o.current_lsn,
+            Err(e) => {
+                return StepResult::Failed(format!(
+                    "cannot read the last WAL position of {}: {e}",
+                    from.name
+                ))
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.t.catch_up;
+        let mut seen = None;
+        loop {
+            if let Ok(o) = pg::probe(&target.conn, self.t.probe).await {
+                seen = o.replay_lsn;
+                if o.replay_lsn.is_some_and(|r| r >= goal) {
+                    return StepResult::Ok(format!(
+                        "{} replayed up to {}",
+                        target.name,
+                        pg::format_lsn(goal)
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return StepResult::Failed(format!(
+                    "{} did not reach {} within {:?} (replayed {})",
+                    target.name,
+                    pg::format_lsn(goal),
+                    self.t.catch_up,
+                    seen.map(pg::format_lsn).unwrap_or_else(|| "unknown".into())
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn rejoin(&self, n: &Node, source: &Node) -> StepResult {
+        let Some(ctl) = &n.control else {
+            return StepResult::Failed(format!("{} has no [control] section", n.name));
+        };
+        let t = self.t.rejoin;
+        if let Err(e) = ctl.stop(pg::StopMode::Fast, t).await {
+            return StepResult::Failed(format!("stopping {}: {e}", n.name));
+        }
+        let how = match ctl.rewind_from(&source.conn, &n.name, t).await {
+            Ok(()) => "rewound".to_owned(),
+            Err(rewind) => {
+                warn!(node = %n.name, error = %rewind, "pg_rewind failed; cloning afresh");
+                if let Err(e) = ctl.clone_from(&source.conn, &n.name, t).await {
+                    return StepResult::Failed(format!(
+                        "pg_rewind failed ({rewind}) and so did a fresh clone: {e}"
+                    ));
+                }
+                format!("re-cloned (pg_rewind: {rewind})")
+            }
+        };
+        if let Err(e) = ctl.start(t).await {
+            return StepResult::Failed(format!("{how}, but starting {} failed: {e}", n.name));
+        }
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            if let Ok(o) = pg::probe(&n.conn, self.t.probe).await {
+                if o.in_recovery && o.wal_receiver_streaming {
+                    return StepResult::Ok(format!(
+                        "{} {how}, streaming from {}",
+                        n.name, source.name
+                    ));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return StepResult::Unknown(format!(
+                    "{} {how} and started, but not streaming within {t:?}",
+                    n.name
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Runs a fence (STONITH) command, argv without a shell, bounded in time.
+async fn run_command(argv: &[String], timeout: Duration) -> StepResult {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .kill_on_drop(true)
+        .stdin(std::process::Stdio::null());
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Err(_) => StepResult::Unknown(format!("{} did not finish within {timeout:?}", argv[0])),
+        Ok(Err(e)) => StepResult::Failed(format!("cannot run {}: {e}", argv[0])),
+        Ok(Ok(out)) if out.status.success() => StepResult::Ok(format!("{} succeeded", argv[0])),
+        Ok(Ok(out)) => StepResult::Failed(format!(
+            "{} exited with {}: {}",
+            argv[0],
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}

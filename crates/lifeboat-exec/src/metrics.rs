@@ -1,0 +1,162 @@
+//! Prometheus metrics of the failover core, named `lifeboat_<area>_<name>_<unit>`. Label
+//! values are bounded: node names from the config, plan kinds and outcomes from fixed lists.
+
+use lifeboat_store::Figures;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+type Labels = Vec<(&'static str, String)>;
+type FGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    plans: Family<Labels, Counter>,
+    failover_seconds: Histogram,
+    last_detect: FGauge,
+    last_first_write: FGauge,
+    node_up: Family<Labels, Gauge>,
+    lag_bytes: Family<Labels, Gauge>,
+    lag_seconds: Family<Labels, FGauge>,
+    epoch: Gauge,
+    paused: Gauge,
+    exposure_bytes: Gauge,
+    exposure_seconds: FGauge,
+    connections: Gauge,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let buckets = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
+        let m = Metrics {
+            plans: Family::default(),
+            failover_seconds: Histogram::new(buckets.into_iter()),
+            last_detect: FGauge::default(),
+            last_first_write: FGauge::default(),
+            node_up: Family::default(),
+            lag_bytes: Family::default(),
+            lag_seconds: Family::default(),
+            epoch: Gauge::default(),
+            paused: Gauge::default(),
+            exposure_bytes: Gauge::default(),
+            exposure_seconds: FGauge::default(),
+            connections: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("lifeboat");
+        r.register(
+            "plans",
+            "Plans executed, by kind and outcome",
+            m.plans.clone(),
+        );
+        r.register(
+            "failover_duration_seconds",
+            "Fault to first write on the new primary (measured RTO)",
+            m.failover_seconds.clone(),
+        );
+        r.register(
+            "failover_last_detect_seconds",
+            "Fault to loss confirmed, in the last failover",
+            m.last_detect.clone(),
+        );
+        r.register(
+            "failover_last_rto_seconds",
+            "Fault to first write, in the last failover",
+            m.last_first_write.clone(),
+        );
+        r.register(
+            "node_up",
+            "1 when the node's last probes succeeded",
+            m.node_up.clone(),
+        );
+        r.register(
+            "replication_lag_bytes",
+            "WAL bytes a standby is behind the primary",
+            m.lag_bytes.clone(),
+        );
+        r.register(
+            "replication_lag_seconds",
+            "Replay lag of a standby as the primary reports it",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "controller_epoch",
+            "Fencing token: raised by every change of primary",
+            m.epoch.clone(),
+        );
+        r.register(
+            "controller_paused",
+            "1 when automatic failover is paused",
+            m.paused.clone(),
+        );
+        r.register(
+            "rpo_exposure_bytes",
+            "What a failover now could lose: lag of the best standby",
+            m.exposure_bytes.clone(),
+        );
+        r.register(
+            "rpo_exposure_seconds",
+            "What a failover now could lose, in seconds",
+            m.exposure_seconds.clone(),
+        );
+        r.register(
+            "endpoint_connections_active",
+            "Client connections open through the endpoint",
+            m.connections.clone(),
+        );
+        m
+    }
+
+    pub fn plan_finished(&self, kind: &str, outcome: &str, f: &Figures) {
+        self.plans
+            .get_or_create(&vec![
+                ("kind", kind.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        if let Some(ms) = f.first_write_ms {
+            self.failover_seconds.observe(ms as f64 / 1000.0);
+            self.last_first_write.set(ms as f64 / 1000.0);
+        }
+        if let Some(ms) = f.detect_ms {
+            self.last_detect.set(ms as f64 / 1000.0);
+        }
+    }
+
+    pub fn node(&self, name: &str, up: bool, lag_bytes: Option<u64>, lag_seconds: Option<f64>) {
+        let l = vec![("node", name.to_owned())];
+        self.node_up.get_or_create(&l).set(i64::from(up));
+        match lag_bytes {
+            Some(b) => {
+                self.lag_bytes.get_or_create(&l).set(b as i64);
+            }
+            None => {
+                self.lag_bytes.remove(&l);
+            }
+        }
+        match lag_seconds {
+            Some(s) => {
+                self.lag_seconds.get_or_create(&l).set(s);
+            }
+            None => {
+                self.lag_seconds.remove(&l);
+            }
+        }
+    }
+
+    pub fn cluster(
+        &self,
+        epoch: u64,
+        paused: bool,
+        exposure: Option<(u64, f64)>,
+        connections: u64,
+    ) {
+        self.epoch.set(epoch as i64);
+        self.paused.set(i64::from(paused));
+        let (b, s) = exposure.unwrap_or((0, 0.0));
+        self.exposure_bytes.set(b as i64);
+        self.exposure_seconds.set(s);
+        self.connections.set(connections as i64);
+    }
+}

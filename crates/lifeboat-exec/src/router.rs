@@ -1,0 +1,180 @@
+//! The client endpoint: a TCP proxy that forwards every client connection to the one current
+//! primary. While there is no primary (during a failover) new connections wait, bounded by
+//! the hold timeout; when the route moves away from a node, every connection to it is cut.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Where the endpoint sends clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// No writable primary: hold new connections, cut none (there are none).
+    Blocked,
+    To {
+        node: String,
+        addr: SocketAddr,
+        epoch: u64,
+    },
+}
+
+#[derive(Clone)]
+pub struct Router {
+    route: Arc<watch::Sender<Route>>,
+    pub stats: Arc<RouterStats>,
+}
+
+#[derive(Default)]
+pub struct RouterStats {
+    pub active: AtomicU64,
+    pub accepted: AtomicU64,
+    pub cut: AtomicU64,
+    pub held_timeouts: AtomicU64,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Router {
+    pub fn new() -> Router {
+        Router {
+            route: Arc::new(watch::Sender::new(Route::Blocked)),
+            stats: Arc::default(),
+        }
+    }
+
+    pub fn current(&self) -> Route {
+        self.route.borrow().clone()
+    }
+
+    /// Sends new connections to `node`; cuts connections to any other node.
+    pub fn route_to(&self, node: &str, addr: SocketAddr, epoch: u64) {
+        self.route.send_replace(Route::To {
+            node: node.into(),
+            addr,
+            epoch,
+        });
+    }
+
+    /// Stops routing to `node` (if it is the current target) and cuts its connections.
+    pub fn block(&self, node: &str) {
+        self.route.send_if_modified(|r| match r {
+            Route::To { node: n, .. } if n == node => {
+                *r = Route::Blocked;
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Accepts clients on `listener` until `cancel`; connection tasks are tracked by `tasks`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        hold: Duration,
+        connect_timeout: Duration,
+        cancel: CancellationToken,
+        tasks: TaskTracker,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                () = cancel.cancelled() => return,
+            };
+            match accepted {
+                Ok((client, peer)) => {
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let router = self.clone();
+                    let cancel = cancel.clone();
+                    tasks.spawn(async move {
+                        router.stats.active.fetch_add(1, Ordering::Relaxed);
+                        let r = router.handle(client, hold, connect_timeout, cancel).await;
+                        router.stats.active.fetch_sub(1, Ordering::Relaxed);
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, error = %e, "endpoint connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "endpoint accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        mut client: TcpStream,
+        hold: Duration,
+        connect_timeout: Duration,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let _ = client.set_nodelay(true);
+        let mut rx = self.route.subscribe();
+        // Wait (bounded) for a primary.
+        let target = tokio::time::timeout(hold, async {
+            loop {
+                if let Route::To { node, addr, epoch } = rx.borrow_and_update().clone() {
+                    return Some((node, addr, epoch));
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        let Ok(Some((node, addr, epoch))) = target else {
+            self.stats.held_timeouts.fetch_add(1, Ordering::Relaxed);
+            let _ = client.shutdown().await;
+            return Err(std::io::Error::other("no primary within the hold timeout"));
+        };
+        let mut upstream =
+            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(std::io::Error::other(format!(
+                        "connecting to {node} timed out"
+                    )))
+                }
+            };
+        let _ = upstream.set_nodelay(true);
+        // A route that moved while we connected must not get this client.
+        if !matches!(&*rx.borrow_and_update(), Route::To { node: n, epoch: e, .. } if *n == node && *e == epoch)
+        {
+            return Err(std::io::Error::other(format!(
+                "route moved away from {node}"
+            )));
+        }
+        let moved = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+                let still =
+                    matches!(&*rx.borrow_and_update(), Route::To { node: n, .. } if *n == node);
+                if !still {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => r.map(|_| ()),
+            () = moved => {
+                self.stats.cut.fetch_add(1, Ordering::Relaxed);
+                Err(std::io::Error::other(format!("cut: endpoint no longer routes to {node}")))
+            }
+            () = cancel.cancelled() => Ok(()),
+        }
+    }
+}
