@@ -216,12 +216,10 @@ impl LocalServer {
         }
     }
 
+    /// The postmaster is alive. A killed postmaster that nobody has reaped yet (a zombie)
+    /// counts as stopped, which `pg_ctl status` gets wrong.
     pub async fn is_running(&self) -> bool {
-        let mut cmd = self.tool("pg_ctl");
-        cmd.arg("status").arg("-D").arg(&self.data_dir);
-        self.run("pg_ctl status", cmd, Duration::from_secs(5))
-            .await
-            .is_ok()
+        self.postmaster_pid().is_some_and(alive)
     }
 
     /// The postmaster's PID from `postmaster.pid`, when the file exists.
@@ -232,12 +230,9 @@ impl LocalServer {
 
     /// The postmaster and its children, read from /proc (empty when not running).
     pub fn process_tree(&self) -> Vec<i32> {
-        let Some(pm) = self.postmaster_pid() else {
+        let Some(pm) = self.postmaster_pid().filter(|p| alive(*p)) else {
             return Vec::new();
         };
-        if !Path::new(&format!("/proc/{pm}")).exists() {
-            return Vec::new();
-        }
         let mut pids = vec![pm];
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -398,6 +393,20 @@ impl LocalServer {
         write_owned(&auto, &text, user.as_deref())?;
         write_owned(&self.data_dir.join("standby.signal"), "", user.as_deref())
     }
+}
+
+/// The process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')').and_then(|(_, rest)| {
+                rest.split_whitespace()
+                    .next()
+                    .map(|st| st != "Z" && st != "X")
+            })
+        })
+        .unwrap_or(false)
 }
 
 fn secs(d: Duration) -> String {

@@ -194,3 +194,199 @@ impl Drop for PgCluster {
         self.server.stop_blocking();
     }
 }
+
+/// Two regions on loopback, as `lifeboat demo` and the integration tests use them: a primary
+/// `us-east-1` (region us-east), a streaming standby `eu-west-1` (region eu-west), and a
+/// `lifeboat.toml` describing them with free endpoint and API ports and a token file.
+pub struct TwoRegions {
+    pub primary: PgCluster,
+    pub standby: PgCluster,
+    pub endpoint_port: u16,
+    pub api_port: u16,
+    pub token: String,
+    pub config_path: PathBuf,
+    /// Last: dropped after the servers.
+    pub dir: TestDir,
+}
+
+impl TwoRegions {
+    /// `failover` is inserted in the `[failover]` section, e.g. `replication = "sync"`.
+    pub async fn start(prefix: &str, failover: &str) -> Result<TwoRegions> {
+        let dir = TestDir::new(prefix)?;
+        let primary = PgCluster::primary(&dir, "us-east-1", InitOptions::default()).await?;
+        let standby = PgCluster::standby_of(&dir, "eu-west-1", &primary).await?;
+        let (endpoint_port, api_port) = (free_port()?, free_port()?);
+        let token = format!("token-{}-{}", std::process::id(), api_port);
+        std::fs::write(dir.path().join("api-token"), &token)?;
+        let node = |c: &PgCluster| {
+            format!(
+                "name = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\ncontrol = {{ data-dir = \"{}\" }}\n",
+                c.name,
+                c.port(),
+                c.server.data_dir.display()
+            )
+        };
+        let text = format!(
+            r#"# written by lifeboat-testkit
+[service]
+name = "orders"
+tier = "gold"
+
+[controller]
+api-listen = "127.0.0.1:{api_port}"
+state-dir = "state"
+api-token-file = "api-token"
+
+[endpoint]
+listen = "127.0.0.1:{endpoint_port}"
+
+[failover]
+{failover}
+
+[tiers.gold]
+rto = "5s"
+rpo = "1s"
+
+[regions.us-east]
+role = "primary"
+priority = 100
+
+[[regions.us-east.nodes]]
+{}
+[regions.eu-west]
+role = "standby"
+priority = 50
+
+[[regions.eu-west.nodes]]
+{}"#,
+            node(&primary),
+            node(&standby)
+        );
+        let config_path = dir.path().join("lifeboat.toml");
+        std::fs::write(&config_path, text)?;
+        Ok(TwoRegions {
+            primary,
+            standby,
+            endpoint_port,
+            api_port,
+            token,
+            config_path,
+            dir,
+        })
+    }
+
+    /// A client connection through the Lifeboat endpoint.
+    pub fn endpoint_conninfo(&self) -> ConnInfo {
+        ConnInfo {
+            port: self.endpoint_port,
+            ..self.primary.conninfo()
+        }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+}
+
+/// A client that writes one row every `interval` through a connection string, reconnecting
+/// after errors, and remembers which writes were acknowledged and when: the same method as
+/// the shared benchmark's `canary.py`, for tests and the demo.
+pub struct Canary {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<CanaryLog>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CanaryLog {
+    /// (seq, acknowledged at) in order.
+    pub acked: Vec<(i64, std::time::SystemTime)>,
+    /// When each failed attempt failed.
+    pub failed: Vec<std::time::SystemTime>,
+    pub last_error: Option<String>,
+}
+
+impl CanaryLog {
+    /// The end of the outage that a fault at `t` caused: the first acknowledgement after the
+    /// first failure after `t` (as `canary.py verify --fault-ts` counts it). An ack between
+    /// the fault and the first failure does not end the outage.
+    pub fn recovered_after(&self, t: std::time::SystemTime) -> Option<std::time::SystemTime> {
+        let from = self.failed.iter().copied().find(|f| *f >= t).unwrap_or(t);
+        self.acked.iter().map(|a| a.1).find(|a| *a >= from)
+    }
+
+    /// Acknowledged seqs that `present` (the seqs found on the new primary) lacks.
+    pub fn lost(&self, present: &std::collections::BTreeSet<i64>) -> Vec<i64> {
+        self.acked
+            .iter()
+            .map(|a| a.0)
+            .filter(|s| !present.contains(s))
+            .collect()
+    }
+}
+
+impl Canary {
+    /// Creates the `canary` table through `conn`, then starts writing.
+    pub async fn start(conn: ConnInfo, interval: Duration) -> Result<Canary> {
+        let c = lifeboat_postgres::connect(&conn, Duration::from_secs(5)).await?;
+        c.batch_execute(
+            "CREATE TABLE IF NOT EXISTS canary(seq bigint PRIMARY KEY, acked_at timestamptz)",
+        )
+        .await?;
+        let next: i64 = c
+            .query_one("SELECT coalesce(max(seq), 0) + 1 FROM canary", &[])
+            .await?
+            .get(0);
+        drop(c);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut log = CanaryLog::default();
+            let mut seq = next;
+            let mut client: Option<tokio_postgres::Client> = None;
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => return log,
+                }
+                if client.as_ref().is_none_or(|c| c.is_closed()) {
+                    client = lifeboat_postgres::connect(&conn, Duration::from_secs(2))
+                        .await
+                        .ok();
+                }
+                let Some(c) = &client else {
+                    log.failed.push(std::time::SystemTime::now());
+                    continue;
+                };
+                let r = c
+                    .execute("INSERT INTO canary VALUES ($1, now())", &[&seq])
+                    .await;
+                seq += 1;
+                match r {
+                    Ok(_) => log.acked.push((seq - 1, std::time::SystemTime::now())),
+                    Err(e) => {
+                        log.failed.push(std::time::SystemTime::now());
+                        log.last_error = Some(e.to_string());
+                        client = None;
+                    }
+                }
+            }
+        });
+        Ok(Canary { stop, task })
+    }
+
+    pub async fn stop(self) -> Result<CanaryLog> {
+        let _ = self.stop.send(true);
+        Ok(self.task.await?)
+    }
+}
+
+/// Every seq in the `canary` table of `conn`.
+pub async fn canary_seqs(conn: &ConnInfo) -> Result<std::collections::BTreeSet<i64>> {
+    let c = lifeboat_postgres::connect(conn, Duration::from_secs(5)).await?;
+    Ok(c.query("SELECT seq FROM canary", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}

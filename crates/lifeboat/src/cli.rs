@@ -1,0 +1,190 @@
+//! Command-line shape and dispatch. Exit codes: 0 success, 1 failure or refusal, 2 bad
+//! input (config or arguments).
+
+use crate::{client, daemon, demo};
+use clap::{Parser, Subcommand};
+use lifeboat_config::{ConfigError, Loaded};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Disaster-recovery control plane: failover, backups, drills"
+)]
+pub struct Cli {
+    /// Config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "lifeboat.toml",
+        env = "LIFEBOAT_CONFIG"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// API base URL (default: from the config's controller.api-listen, else http://127.0.0.1:7400).
+    #[arg(long, global = true)]
+    pub api: Option<String>,
+    /// Output JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Validate a config file and print every problem with its key path.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Run the controller, the endpoint and the API until SIGTERM.
+    Run,
+    /// Regions, nodes, roles, health, lag, the endpoint's target and the current decision.
+    Status(#[command(flatten)] ApiArgs),
+    /// Planned switch to NODE: wait until it has caught up, then switch. Loses nothing.
+    Switchover {
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Promote NODE now. Without --force it refuses a standby past the lag limit.
+    Failover {
+        #[arg(long)]
+        to: String,
+        /// Promote even past the lag limit or without fencing confirmation (may lose data).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop automatic failover (probes and status continue).
+    Pause(#[command(flatten)] ApiArgs),
+    /// Resume automatic failover.
+    Resume(#[command(flatten)] ApiArgs),
+    /// Bring a fenced node back as a standby of the current primary (pg_rewind or re-clone).
+    Rejoin {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Recorded incidents with their timelines and measured RTO/RPO.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCmd,
+    },
+    /// Two PostgreSQL regions on loopback, a canary writer, a killed primary: watch Lifeboat recover.
+    Demo,
+    /// Back up sources into a repository.
+    Backup(lifeboat_backup::cli::BackupArgs),
+    /// Restore from a repository.
+    Restore(lifeboat_backup::cli::RestoreArgs),
+    /// PostgreSQL WAL archiving (archive_command / restore_command).
+    Wal(lifeboat_backup::cli::WalArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Check FILE; exit 2 with every error when it is invalid.
+    Check { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IncidentCmd {
+    /// Recent incidents, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// One incident with its timeline and figures.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+pub async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Cmd::Config {
+            command: ConfigCmd::Check { file },
+        } => config_check(&file),
+        Cmd::Run => match load(&cli.config) {
+            Ok(loaded) => daemon::main(loaded).await,
+            Err(code) => code,
+        },
+        Cmd::Demo => demo::main().await,
+        Cmd::Status(api) => client::status(&client::Api::new(&cli.config, &api)).await,
+        Cmd::Switchover { to, api } => {
+            client::switchover(&client::Api::new(&cli.config, &api), &to).await
+        }
+        Cmd::Failover { to, force, api } => {
+            client::failover(&client::Api::new(&cli.config, &api), &to, force).await
+        }
+        Cmd::Pause(api) => client::simple(&client::Api::new(&cli.config, &api), "pause").await,
+        Cmd::Resume(api) => client::simple(&client::Api::new(&cli.config, &api), "resume").await,
+        Cmd::Rejoin { node, api } => {
+            client::rejoin(&client::Api::new(&cli.config, &api), &node).await
+        }
+        Cmd::Incident {
+            command: IncidentCmd::List { limit, api },
+        } => client::incidents(&client::Api::new(&cli.config, &api), limit).await,
+        Cmd::Incident {
+            command: IncidentCmd::Show { id, api },
+        } => client::incident(&client::Api::new(&cli.config, &api), id).await,
+        Cmd::Backup(a) => {
+            lifeboat_backup::cli::backup(a, load(&cli.config).ok().as_ref().map(|l| &l.config))
+                .await
+        }
+        Cmd::Restore(a) => {
+            lifeboat_backup::cli::restore(a, load(&cli.config).ok().as_ref().map(|l| &l.config))
+                .await
+        }
+        Cmd::Wal(a) => {
+            lifeboat_backup::cli::wal(a, load(&cli.config).ok().as_ref().map(|l| &l.config)).await
+        }
+    }
+}
+
+fn config_check(file: &Path) -> ExitCode {
+    match lifeboat_config::load(file) {
+        Ok(l) => {
+            for w in &l.warnings {
+                println!("warning: {w}");
+            }
+            println!("{}: ok ({} warning(s))", file.display(), l.warnings.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_config_error(&e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Read { .. } => eprintln!("error: {e}"),
+        ConfigError::Syntax { path, report } | ConfigError::Invalid { path, report } => {
+            eprintln!("{}: {} error(s)", path.display(), report.errors.len());
+            eprint!("{report}");
+        }
+    }
+}
+
+/// Loads the config for commands that need one; prints every problem and gives exit code 2.
+pub fn load(path: &Path) -> Result<Loaded, ExitCode> {
+    lifeboat_config::load(path).map_err(|e| {
+        print_config_error(&e);
+        ExitCode::from(2)
+    })
+}

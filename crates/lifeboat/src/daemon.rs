@@ -1,0 +1,171 @@
+//! `lifeboat run`: wires the store, controller, endpoint, API and backup scheduler together
+//! and runs them until SIGTERM or SIGINT, then drains within a grace period.
+
+use anyhow::{Context, Result};
+use lifeboat_config::{Config, Loaded};
+use lifeboat_exec::{Controller, Handle, Metrics, Router};
+use lifeboat_store::Store;
+use prometheus_client::registry::Registry;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+const GRACE: Duration = Duration::from_secs(10);
+
+/// A started daemon: everything it runs hangs off `cancel` and `tasks`.
+pub struct Running {
+    pub handle: Handle,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Running {
+    /// Cancels everything and waits for the tasks to end, at most `GRACE`.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!("tasks did not stop within {GRACE:?}; exiting anyway");
+        }
+    }
+}
+
+pub async fn main(loaded: Loaded) -> ExitCode {
+    init_logging();
+    for w in &loaded.warnings {
+        warn!("config {}: {w}", loaded.path.display());
+    }
+    let running = match start(loaded.config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    wait_for_signal().await;
+    info!("shutting down");
+    running.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LIFEBOAT_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The API token from the configured file or variable; `None` when none is configured.
+fn api_token(cfg: &Config) -> Result<Option<Arc<str>>> {
+    let c = &cfg.controller;
+    let token = match (&c.api_token_file, &c.api_token_env) {
+        (Some(p), _) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("controller.api-token-file: cannot read {}", p.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, Some(var)) => Some(std::env::var(var).with_context(|| {
+            format!("controller.api-token-env: the environment variable {var} is not set; export it or use api-token-file")
+        })?),
+        (None, None) => None,
+    };
+    match token {
+        Some(t) if t.is_empty() => {
+            anyhow::bail!("the API token is empty; put a long random string in it")
+        }
+        t => Ok(t.map(Arc::from)),
+    }
+}
+
+/// Starts every part of the daemon. Fails, before anything runs, when the state directory,
+/// a secret or a listen address is unusable.
+pub async fn start(cfg: Config) -> Result<Running> {
+    let cfg = Arc::new(cfg);
+    let state_dir = &cfg.controller.state_dir;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+    let store = Arc::new(
+        Store::open(state_dir)
+            .with_context(|| format!("opening the store in {}", state_dir.display()))?,
+    );
+    let nodes = lifeboat_exec::nodes(&cfg)?;
+    let token = api_token(&cfg)?;
+    if token.is_none() {
+        warn!("no API token configured: changing API calls (switchover, failover, pause, ...) are refused");
+    }
+    let endpoint = tokio::net::TcpListener::bind(cfg.endpoint.listen)
+        .await
+        .with_context(|| format!("endpoint.listen: cannot listen on {}", cfg.endpoint.listen))?;
+    let api = tokio::net::TcpListener::bind(cfg.controller.api_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "controller.api-listen: cannot listen on {}",
+                cfg.controller.api_listen
+            )
+        })?;
+    let (endpoint_addr, api_addr) = (endpoint.local_addr()?, api.local_addr()?);
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let scheduler = lifeboat_backup::scheduler::Scheduler::new(&cfg);
+    if let Some(s) = &scheduler {
+        s.register_metrics(&mut registry);
+    }
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let router = Router::new();
+    let controller = Controller::new(cfg.clone(), nodes, store, router.clone(), metrics);
+    let handle = controller.start(cancel.clone(), &tasks);
+    tasks.spawn(router.serve(
+        endpoint,
+        cfg.endpoint.hold_timeout.get(),
+        cfg.endpoint.connect_timeout.get(),
+        cancel.clone(),
+        tasks.clone(),
+    ));
+    let state = lifeboat_api::ApiState {
+        handle: handle.clone(),
+        token,
+        registry: Arc::new(registry),
+    };
+    let api_cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(e) = lifeboat_api::serve(api, state, api_cancel).await {
+            warn!(error = %e, "the API server stopped");
+        }
+    });
+    if let Some(s) = scheduler {
+        tasks.spawn(s.run(cancel.clone()));
+    }
+    info!(endpoint = %endpoint_addr, api = %api_addr, service = %cfg.service.name, "lifeboat running");
+    Ok(Running {
+        handle,
+        cancel,
+        tasks,
+    })
+}
