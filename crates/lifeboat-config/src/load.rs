@@ -69,61 +69,94 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 }
 
 /// Parses `text` and validates it. `Err` holds shape errors (unknown keys, wrong types,
-/// missing keys); `Ok` holds the config and a report that may still contain errors.
+/// missing keys) together with the semantic errors of everything else in the file; `Ok`
+/// holds the config and a report that may still contain errors.
 pub fn parse(text: &str, base_dir: &Path) -> Result<(Config, Report), Report> {
-    let mut config = deserialize_collecting(text)?;
-    resolve_paths(&mut config, base_dir);
-    let mut report = Report::default();
-    crate::validate::validate(&config, &mut report);
     let doc = toml_edit::ImDocument::parse(text.to_owned()).ok();
-    report.locate(|p| doc.as_ref().and_then(|d| line_of_path(d, text, p)));
-    Ok((config, report))
+    let locate = |r: &mut Report| r.locate(|p| doc.as_ref().and_then(|d| line_of_path(d, text, p)));
+    let (parsed, mut report) = deserialize_collecting(text);
+    let Some(mut config) = parsed else {
+        locate(&mut report);
+        return Err(report);
+    };
+    resolve_paths(&mut config, base_dir);
+    let shape_errors = !report.errors.is_empty();
+    let mut semantic = Report::default();
+    crate::validate::validate(&config, &mut semantic);
+    // With shape errors the config was parsed without the offending lines: keep only the
+    // findings about keys that were not already reported.
+    let reported: Vec<String> = report.errors.iter().map(|f| f.path.clone()).collect();
+    semantic.errors.retain(|f| {
+        !reported
+            .iter()
+            .any(|r| f.path == *r || f.path.starts_with(&format!("{r}.")))
+    });
+    report.errors.extend(semantic.errors);
+    report.warnings.extend(semantic.warnings);
+    locate(&mut report);
+    if shape_errors {
+        Err(report)
+    } else {
+        Ok((config, report))
+    }
 }
 
-/// Serde stops at the first error. To report every unknown key at once, an unknown key is
-/// blanked out and parsing retried (bounded); any other error ends the collection.
-fn deserialize_collecting(text: &str) -> Result<Config, Report> {
+/// Serde stops at the first error. To report every error at once, the offending line is
+/// blanked out and parsing retried (bounded). A key that is then missing because its line
+/// was blanked is not reported twice. Returns the config parsed from the remaining lines,
+/// if they parse.
+fn deserialize_collecting(text: &str) -> (Option<Config>, Report) {
     let mut text = text.to_owned();
     let mut report = Report::default();
     for _ in 0..50 {
         let de = toml::Deserializer::new(&text);
         match serde_path_to_error::deserialize::<_, Config>(de) {
-            Ok(c) if report.errors.is_empty() => return Ok(c),
-            Ok(_) => return Err(report),
+            Ok(c) => return (Some(c), report),
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 let line = inner.span().map(|s| line_at(&text, s.start));
-                let message = clean_message(inner.message());
-                let unknown = message.starts_with("unknown field");
-                let path = if path == "." { String::new() } else { path };
-                report.errors.push(Finding {
-                    path: unknown_key_path(&path, &message),
-                    line,
-                    message,
-                });
-                match (unknown, line) {
-                    (true, Some(l)) if blank_line(&mut text, l) => continue,
-                    _ => return Err(report),
+                let mut message = clean_message(inner.message());
+                let path = error_path(&path, &message);
+                if path.ends_with(".password") && message.starts_with("unknown field") {
+                    message = "secrets are never written in the config: use password-file or password-env".into();
+                }
+                let already = report.errors.iter().any(|f| f.path == path);
+                if !already {
+                    report.errors.push(Finding {
+                        path,
+                        line,
+                        message,
+                    });
+                }
+                match line {
+                    Some(l) if !already && blank_line(&mut text, l) => continue,
+                    _ => return (None, report),
                 }
             }
         }
     }
-    Err(report)
+    (None, report)
 }
 
 fn clean_message(m: &str) -> String {
     m.trim().trim_end_matches('.').replace('\n', " ")
 }
 
-/// `unknown field `foo`` at `regions.x` names the key itself: `regions.x.foo`.
-fn unknown_key_path(parent: &str, message: &str) -> String {
-    let key = message.split('`').nth(1).unwrap_or("?");
-    if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
+/// The key path an error is about: without serde's `?` placeholders, and naming the key of
+/// an unknown or missing field (`regions.x.foo`).
+fn error_path(path: &str, message: &str) -> String {
+    let mut segs: Vec<&str> = path
+        .split('.')
+        .filter(|s| !s.is_empty() && *s != "?")
+        .collect();
+    let named = message.starts_with("unknown field") || message.starts_with("missing field");
+    if let Some(key) = message.split('`').nth(1).filter(|_| named) {
+        if segs.last() != Some(&key) {
+            segs.push(key);
+        }
     }
+    segs.join(".")
 }
 
 fn blank_line(text: &mut String, line: usize) -> bool {

@@ -1,0 +1,99 @@
+//! Loading real files: every example, and a broken config whose report is asserted word for
+//! word, because these messages are the user interface of `lifeboat config check`.
+
+use expect_test::expect;
+use std::path::Path;
+
+#[test]
+fn every_example_loads_without_errors() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/ exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let loaded =
+                lifeboat_config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(!loaded.config.regions.is_empty());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 1, "no example configs found in {}", dir.display());
+}
+
+#[test]
+fn the_two_region_example_says_what_it_means() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-region.toml");
+    let c = lifeboat_config::load(&path).unwrap().config;
+    assert_eq!(c.regions.len(), 2);
+    assert_eq!(c.failover.max_lag.0, 16 << 20);
+    assert_eq!(c.probe.failure_threshold, 3);
+    let names: Vec<&str> = c.nodes().map(|(_, _, n)| n.name.as_str()).collect();
+    assert_eq!(names, ["eu-west-1", "us-east-1"]);
+    assert!(
+        c.controller.state_dir.is_absolute(),
+        "relative paths resolve against the file's directory"
+    );
+}
+
+#[test]
+fn a_broken_config_reports_every_error_with_its_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &path,
+        r#"[service]
+name = ""
+tier = "platinum"
+
+[endpoint]
+listen = "127.0.0.1:6432"
+colour = "blue"
+
+[probe]
+interval = "5ms"
+failure-threshold = 0
+
+[failover]
+max-lag = "lots"
+
+[regions.us-east]
+role = "primary"
+
+[[regions.us-east.nodes]]
+name = "a"
+host = "127.0.0.1"
+port = 0
+password = "hunter2"
+"#,
+    )
+    .unwrap();
+    let err = lifeboat_config::load(&path).unwrap_err();
+    let report = err.report().expect("a report").to_string();
+    assert!(
+        !report.contains("hunter2"),
+        "a secret leaked into the report"
+    );
+    expect![[r#"
+        error: endpoint.colour (line 7): unknown field `colour`, expected one of `listen`, `hold-timeout`, `connect-timeout`
+        error: failover.max-lag (line 14): invalid size "lots"; write e.g. "16MiB", "512KiB", "1GiB"
+        error: regions.us-east.nodes[0].password (line 23): secrets are never written in the config: use password-file or password-env
+        error: service.name (line 2): must not be empty
+        error: service.tier (line 3): tier "platinum" is not defined; add [tiers.platinum] with rto and rpo
+        error: probe.interval (line 10): must be at least 10ms
+        error: probe.failure-threshold (line 11): must be at least 1
+        error: regions.us-east.nodes[0].port (line 22): must be between 1 and 65535
+        error: regions (line 16): no standby node: add a region with role = "standby" to fail over to
+        warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
+        warning: failover.replication (line 13): async replication can lose the last acknowledged writes in an automatic failover
+    "#]]
+    .assert_eq(&report);
+}
+
+#[test]
+fn a_missing_file_names_the_path() {
+    let err = lifeboat_config::load(Path::new("/nonexistent/lifeboat.toml")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cannot read config file /nonexistent/lifeboat.toml: No such file or directory (os error 2); check the path given to --config"
+    );
+}
