@@ -9,7 +9,7 @@ use crate::status::{EndpointStatus, NodeStatus, Status};
 use lifeboat_config::Config;
 use lifeboat_core::{
     decide, plan_command, ClusterView, Command, ControllerState, Decision, Millis, NodeView,
-    PgFacts, Policy, Thresholds, Tracker,
+    PgFacts, Policy, Step, Thresholds, Tracker,
 };
 use lifeboat_postgres as pg;
 use lifeboat_store::{Outcome, Store};
@@ -392,9 +392,18 @@ impl Controller {
         if self.state.in_flight.is_some() {
             self.resume_not_before = Some(now().plus_ms(1_000));
         }
-        // Facts about the nodes the plan touched are stale now.
+        // Facts about the servers the plan changed are stale now; routing and bookkeeping
+        // steps change no server, and their facts still bound data loss.
         for s in &plan.steps {
-            self.facts.remove(s.node());
+            if matches!(
+                s,
+                Step::Promote { .. }
+                    | Step::FenceNode { .. }
+                    | Step::Rejoin { .. }
+                    | Step::Unfence { .. }
+            ) {
+                self.facts.remove(s.node());
+            }
         }
         ex
     }

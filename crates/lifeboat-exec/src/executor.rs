@@ -97,7 +97,7 @@ impl Executor {
         };
         let incident = match state
             .in_flight_incident
-            .filter(|_| state.in_flight.as_ref() == Some(plan))
+            .filter(|_| is_in_flight(state, plan))
         {
             Some(id) => Some(id),
             None if plan.kind.opens_incident() => {
@@ -229,7 +229,7 @@ impl Executor {
         problem: Option<String>,
         keep_in_flight: bool,
     ) -> Execution {
-        if !keep_in_flight && state.in_flight.as_ref() == Some(plan) {
+        if !keep_in_flight && is_in_flight(state, plan) {
             state.in_flight = None;
             state.in_flight_incident = None;
         }
@@ -542,6 +542,15 @@ impl Executor {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// `plan` is the one in flight. A resumed plan carries an extra reason, so the comparison
+/// is on what the plan does, not on why.
+fn is_in_flight(state: &ControllerState, plan: &Plan) -> bool {
+    state
+        .in_flight
+        .as_ref()
+        .is_some_and(|p| p.kind == plan.kind && p.epoch == plan.epoch && p.steps == plan.steps)
 }
 
 /// Runs a fence (STONITH) command, argv without a shell, bounded in time.
