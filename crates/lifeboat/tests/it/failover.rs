@@ -257,3 +257,88 @@ async fn a_daemon_killed_mid_failover_resumes_the_plan_after_restart() -> Result
     assert!(st.contains(&("promote".into(), "ok".into())), "{st:?}");
     Ok(())
 }
+
+fn sync_state(s: &serde_json::Value, node: &str) -> String {
+    s["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == node)
+        .map(|n| n["sync_state"].to_string())
+        .unwrap_or_default()
+}
+
+/// `sync`: losing the standby drops the requirement, so writes continue; the standby is
+/// synchronous again once it is back and caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_drops_the_requirement_while_the_standby_is_away() -> Result<()> {
+    let regions = TwoRegions::start("sync-drop", r#"replication = "sync""#).await?;
+    let d = Daemon::start(&regions, "us-east-1").await?;
+    d.wait_until("eu-west-1 synchronous", T, |s| {
+        sync_state(s, "eu-west-1") == "\"sync\""
+    })
+    .await?;
+
+    regions.standby.stop().await?;
+    let s = d
+        .wait_until("eu-west-1 seen as gone", T, |s| {
+            sync_state(s, "eu-west-1") == "\"disconnected\""
+        })
+        .await?;
+    let deadline = Instant::now() + T;
+    while !pg::probe(&regions.primary.conninfo(), Duration::from_secs(2))
+        .await?
+        .synchronous_standby_names
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "synchronous_standby_names never cleared: {s:#}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = pg::connect(&regions.endpoint_conninfo(), Duration::from_secs(5)).await?;
+    tokio::time::timeout(T, c.batch_execute("CREATE TABLE during_outage(x int)")).await??;
+
+    regions.standby.server.start(T).await?;
+    d.wait_until("eu-west-1 synchronous again", T, |s| {
+        sync_state(s, "eu-west-1") == "\"sync\""
+    })
+    .await?;
+    Ok(())
+}
+
+/// `sync-strict`: losing the standby makes writes wait until it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_strict_mode_makes_writes_wait_for_the_standby() -> Result<()> {
+    let regions = TwoRegions::start("sync-strict", r#"replication = "sync-strict""#).await?;
+    let d = Daemon::start(&regions, "us-east-1").await?;
+    d.wait_until("eu-west-1 synchronous", T, |s| {
+        sync_state(s, "eu-west-1") == "\"sync\""
+    })
+    .await?;
+    regions.standby.stop().await?;
+    d.wait_until("eu-west-1 seen as gone", T, |s| {
+        sync_state(s, "eu-west-1") == "\"disconnected\""
+    })
+    .await?;
+
+    let c = pg::connect(&regions.endpoint_conninfo(), Duration::from_secs(5)).await?;
+    let write = tokio::spawn(async move { c.batch_execute("CREATE TABLE waits(x int)").await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !write.is_finished(),
+        "a commit returned without the synchronous standby"
+    );
+    assert!(
+        !pg::probe(&regions.primary.conninfo(), Duration::from_secs(2))
+            .await?
+            .synchronous_standby_names
+            .is_empty()
+    );
+
+    regions.standby.server.start(T).await?;
+    tokio::time::timeout(T, write).await???;
+    Ok(())
+}

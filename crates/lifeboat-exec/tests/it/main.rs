@@ -1,0 +1,183 @@
+//! The endpoint router and the region checks over real sockets on loopback.
+
+use lifeboat_exec::{checks, Route, Router};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const HOLD: Duration = Duration::from_millis(300);
+
+/// A server that answers every line with its own name, to tell where a client landed.
+async fn named_server(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(name.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn ask(s: &mut TcpStream) -> std::io::Result<String> {
+    s.write_all(b"?").await?;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+async fn endpoint(router: &Router, cancel: &CancellationToken) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let tasks = TaskTracker::new();
+    tokio::spawn(
+        router
+            .clone()
+            .serve(l, HOLD, Duration::from_secs(1), cancel.clone(), tasks),
+    );
+    addr
+}
+
+#[tokio::test]
+async fn routes_to_one_primary_and_cuts_connections_when_the_route_moves() {
+    let (a, b) = (named_server("a").await, named_server("b").await);
+    let router = Router::new();
+    let cancel = CancellationToken::new();
+    let ep = endpoint(&router, &cancel).await;
+
+    router.route_to("a", a, 1);
+    let mut c1 = TcpStream::connect(ep).await.unwrap();
+    assert_eq!(ask(&mut c1).await.unwrap(), "a");
+    assert_eq!(router.stats.active.load(Ordering::Relaxed), 1);
+
+    router.route_to("b", b, 2);
+    // The old connection is cut: the next read sees the end of the stream or an error.
+    let r = ask(&mut c1).await;
+    assert!(
+        matches!(&r, Ok(s) if s.is_empty()) || r.is_err(),
+        "connection to a survived: {r:?}"
+    );
+    let mut c2 = TcpStream::connect(ep).await.unwrap();
+    assert_eq!(ask(&mut c2).await.unwrap(), "b");
+    assert_eq!(router.stats.cut.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        router.current(),
+        Route::To {
+            node: "b".into(),
+            addr: b,
+            epoch: 2
+        }
+    );
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_blocked_endpoint_holds_new_clients_then_lets_them_through() {
+    let a = named_server("a").await;
+    let router = Router::new();
+    let cancel = CancellationToken::new();
+    let ep = endpoint(&router, &cancel).await;
+    router.route_to("a", a, 1);
+    let mut held = TcpStream::connect(ep).await.unwrap();
+    assert_eq!(ask(&mut held).await.unwrap(), "a");
+
+    router.block("a");
+    assert_eq!(router.current(), Route::Blocked);
+    // Blocking cuts the existing connection too.
+    let r = ask(&mut held).await;
+    assert!(matches!(&r, Ok(s) if s.is_empty()) || r.is_err(), "{r:?}");
+
+    // A client arriving while blocked waits; routing within the hold time lets it through.
+    let mut waiting = TcpStream::connect(ep).await.unwrap();
+    waiting.write_all(b"?").await.unwrap();
+    tokio::time::sleep(HOLD / 3).await;
+    router.route_to("a", a, 2);
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), waiting.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"a");
+
+    // Blocking another node leaves the route alone.
+    router.block("zzz");
+    assert!(matches!(router.current(), Route::To { ref node, .. } if node == "a"));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_client_held_past_the_hold_timeout_is_closed() {
+    let router = Router::new();
+    let cancel = CancellationToken::new();
+    let ep = endpoint(&router, &cancel).await;
+    let mut c = TcpStream::connect(ep).await.unwrap();
+    let mut buf = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the held client must be closed");
+    assert_eq!(router.stats.held_timeouts.load(Ordering::Relaxed), 1);
+    cancel.cancel();
+}
+
+/// A one-shot HTTP server answering every request with `status`.
+async fn http_server(status: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let body =
+                format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = s.write_all(body.as_bytes()).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn tcp_and_http_checks_report_what_they_saw() {
+    let t = Duration::from_secs(2);
+    let up = named_server("x").await;
+    assert_eq!(checks::tcp(&up.to_string(), t).await, Ok(()));
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap(); // dropped: nothing listens
+    let err = checks::tcp(&closed.to_string(), t).await.unwrap_err();
+    assert!(err.starts_with(&format!("tcp {closed}: ")), "{err}");
+
+    let client = reqwest::Client::builder().timeout(t).build().unwrap();
+    let ok = http_server("200 OK").await;
+    assert_eq!(
+        checks::http(&client, &format!("http://{ok}/healthz"), None).await,
+        Ok(())
+    );
+    let teapot = http_server("418 I'm a teapot").await;
+    assert_eq!(
+        checks::http(&client, &format!("http://{teapot}/"), Some(418)).await,
+        Ok(())
+    );
+    let down = http_server("503 Service Unavailable").await;
+    let err = checks::http(&client, &format!("http://{down}/healthz"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("GET http://{down}/healthz: status 503 Service Unavailable, expected 2xx")
+    );
+}
