@@ -36,6 +36,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1", get(index))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/status", get(status))
         .route("/v1/events", get(events))
         .route("/v1/incidents", get(incidents))
@@ -74,6 +75,8 @@ async fn index() -> Json<serde_json::Value> {
         "endpoints": {
             "GET /healthz": "liveness",
             "GET /metrics": "Prometheus metrics",
+            "GET /v1": "this index",
+            "GET /v1/openapi.json": "the OpenAPI 3 document of this API",
             "GET /v1/status": "regions, nodes, roles, health, lag, endpoint target and the current decision",
             "GET /v1/events?limit=N": "recent events and decisions",
             "GET /v1/incidents?limit=N": "incidents, newest first",
@@ -85,6 +88,15 @@ async fn index() -> Json<serde_json::Value> {
             "POST /v1/resume": "resume automatic failover (token)"
         }
     }))
+}
+
+/// The OpenAPI 3 document of this API, kept beside the code (`src/openapi.json`).
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {

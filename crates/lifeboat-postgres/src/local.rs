@@ -49,7 +49,12 @@ impl LocalServer {
     /// `$LIFEBOAT_PG_BIN_DIR`, else the newest `/usr/lib/postgresql/*/bin`, else `pg_ctl` on PATH.
     pub fn find_bin_dir() -> Result<PathBuf, PgError> {
         if let Some(d) = std::env::var_os("LIFEBOAT_PG_BIN_DIR") {
-            return Ok(PathBuf::from(d));
+            let d = PathBuf::from(d);
+            return if d.join("pg_ctl").exists() {
+                Ok(d)
+            } else {
+                Err(PgError::NoBinaries)
+            };
         }
         let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()

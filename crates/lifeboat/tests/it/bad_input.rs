@@ -66,6 +66,21 @@ fn commands_without_a_daemon_say_what_to_do() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_demo_without_postgresql_says_how_to_install_it() -> Result<()> {
+    let out = Command::new(BIN)
+        .arg("demo")
+        .env("LIFEBOAT_PG_BIN_DIR", "/nonexistent")
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("apt-get install -y postgresql"),
+        "{}",
+        stderr(&out)
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_nodes_give_a_clear_status_and_no_failover() -> Result<()> {
     let dir = TestDir::new("unreachable")?;
@@ -218,6 +233,39 @@ async fn the_api_refuses_bad_tokens_and_malformed_requests() -> Result<()> {
         assert!(metrics.contains(m), "{m} missing in\n{metrics}");
     }
     assert_eq!(http.get(url("/healthz")).send().await?.status(), 200);
+    // Every endpoint the index lists is described in the OpenAPI document, and no other.
+    let index = http
+        .get(url("/v1"))
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await?;
+    let doc = http
+        .get(url("/v1/openapi.json"))
+        .send()
+        .await?
+        .json::<serde_json::Value>()
+        .await?;
+    let mut listed: Vec<String> = index["endpoints"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.split('?').next().unwrap().to_lowercase())
+        .collect();
+    let mut described: Vec<String> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{m} {path}"))
+        })
+        .collect();
+    listed.sort();
+    described.sort();
+    assert_eq!(listed, described);
     let st = d.cli(&["status"]);
     assert!(st.status.success());
     assert!(
