@@ -211,9 +211,15 @@ fn check_node(s: &ApiState, node: &str) -> Result<(), Response> {
     }
 }
 
-async fn act(s: &ApiState, headers: &HeaderMap, request: Request) -> Response {
+/// Authorizes first (401 before anything about the body is revealed), then checks the
+/// request and hands it to the controller.
+async fn act(s: &ApiState, headers: &HeaderMap, request: Result<Request, Response>) -> Response {
     let actor = match authorize(s, headers) {
         Ok(a) => a,
+        Err(r) => return r,
+    };
+    let request = match request {
+        Ok(r) => r,
         Err(r) => return r,
     };
     let node = match &request {
@@ -259,17 +265,14 @@ async fn switchover(
     headers: HeaderMap,
     b: Result<Json<To>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    match body(b) {
-        Ok(To { force: true, .. }) => error(
+    let request = body(b).and_then(|To { to, force }| match force {
+        true => Err(error(
             StatusCode::BAD_REQUEST,
             "a switchover cannot be forced; use /v1/failover",
-        ),
-        Ok(To { to, .. }) => act(&s, &headers, Request::Command(Command::Switchover { to })).await,
-        Err(r) => r,
-    }
+        )),
+        false => Ok(Request::Command(Command::Switchover { to })),
+    });
+    act(&s, &headers, request).await
 }
 
 async fn failover(
@@ -277,20 +280,8 @@ async fn failover(
     headers: HeaderMap,
     b: Result<Json<To>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    match body(b) {
-        Ok(To { to, force }) => {
-            act(
-                &s,
-                &headers,
-                Request::Command(Command::Failover { to, force }),
-            )
-            .await
-        }
-        Err(r) => r,
-    }
+    let request = body(b).map(|To { to, force }| Request::Command(Command::Failover { to, force }));
+    act(&s, &headers, request).await
 }
 
 async fn rejoin(
@@ -298,21 +289,14 @@ async fn rejoin(
     headers: HeaderMap,
     b: Result<Json<NodeBody>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&s, &headers) {
-        return r;
-    }
-    match body(b) {
-        Ok(NodeBody { node }) => {
-            act(&s, &headers, Request::Command(Command::Rejoin { node })).await
-        }
-        Err(r) => r,
-    }
+    let request = body(b).map(|NodeBody { node }| Request::Command(Command::Rejoin { node }));
+    act(&s, &headers, request).await
 }
 
 async fn pause(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    act(&s, &headers, Request::Pause).await
+    act(&s, &headers, Ok(Request::Pause)).await
 }
 
 async fn resume(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    act(&s, &headers, Request::Resume).await
+    act(&s, &headers, Ok(Request::Resume)).await
 }

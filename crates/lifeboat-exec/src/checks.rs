@@ -1,7 +1,7 @@
 //! Region health checks beside the PostgreSQL probes: a TCP connect or an HTTP GET. A region
 //! whose check is down is not a promotion target.
 
-use crate::controller::Event;
+use crate::controller::{Event, Every};
 use crate::executor::now;
 use lifeboat_config::{CheckConfig, CheckKind};
 use std::time::Duration;
@@ -18,13 +18,8 @@ pub async fn checker(
     cancel: CancellationToken,
 ) {
     let client = reqwest::Client::builder().timeout(timeout).build();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = cancel.cancelled() => return,
-        }
+    let mut every = Every::new(interval, cancel);
+    while every.next().await {
         let result = match (&check.kind, &client) {
             (CheckKind::Tcp, _) => tcp(check.address.as_deref().unwrap_or_default(), timeout).await,
             (CheckKind::Http, Ok(c)) => {

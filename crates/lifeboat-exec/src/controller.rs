@@ -111,6 +111,8 @@ pub struct Controller {
     state: ControllerState,
     trackers: BTreeMap<String, Tracker>,
     facts: BTreeMap<String, PgFacts>,
+    /// Probes that started before this time describe a server a plan has since changed.
+    facts_valid_from: BTreeMap<String, Millis>,
     replica_lag_s: BTreeMap<String, f64>,
     checks: BTreeMap<(String, String), Tracker>,
     last_decision: String,
@@ -167,6 +169,7 @@ impl Controller {
                 })
                 .collect(),
             facts: BTreeMap::new(),
+            facts_valid_from: BTreeMap::new(),
             replica_lag_s: BTreeMap::new(),
             last_decision: String::new(),
             resume_not_before: None,
@@ -250,7 +253,8 @@ impl Controller {
                     at,
                     self.thresholds,
                 );
-                if let Ok(obs) = result {
+                let stale = self.facts_valid_from.get(&node).is_some_and(|t| at < *t);
+                if let Some(obs) = result.as_ref().ok().filter(|_| !stale) {
                     for r in &obs.replicas {
                         if let Some(l) = r.replay_lag_s.or(r.flush_lag_s) {
                             self.replica_lag_s.insert(r.application_name.clone(), l);
@@ -392,8 +396,12 @@ impl Controller {
         if self.state.in_flight.is_some() {
             self.resume_not_before = Some(now().plus_ms(1_000));
         }
-        // Facts about the servers the plan changed are stale now; routing and bookkeeping
-        // steps change no server, and their facts still bound data loss.
+        // Facts about the servers the plan changed are stale now, and so is any probe that
+        // started before the plan ended. Routing and bookkeeping steps change no server, and
+        // their facts still bound data loss. After a change of synchronous standbys the old
+        // facts would call a standby synchronous when it no longer is: until a fresh probe,
+        // a failover must not rely on them.
+        let ended = now();
         for s in &plan.steps {
             if matches!(
                 s,
@@ -401,8 +409,10 @@ impl Controller {
                     | Step::FenceNode { .. }
                     | Step::Rejoin { .. }
                     | Step::Unfence { .. }
+                    | Step::SetSyncStandbys { .. }
             ) {
                 self.facts.remove(s.node());
+                self.facts_valid_from.insert(s.node().to_owned(), ended);
             }
         }
         ex
@@ -625,13 +635,8 @@ async fn prober(
     tx: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = cancel.cancelled() => return,
-        }
+    let mut every = Every::new(interval, cancel);
+    while every.next().await {
         let at = now();
         let result = pg::probe(&conn, timeout).await.map_err(|e| e.to_string());
         // Stamp failures when they are known, successes when the probe started.
@@ -651,14 +656,33 @@ async fn prober(
 }
 
 async fn ticker(tx: mpsc::Sender<Event>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = cancel.cancelled() => return,
-        }
+    let mut every = Every::new(Duration::from_secs(1), cancel);
+    while every.next().await {
         if tx.send(Event::Tick).await.is_err() {
             return;
+        }
+    }
+}
+
+/// The clock of a background worker: a tick every `period` (after a stall it waits a whole
+/// period rather than bursting) until cancelled.
+pub(crate) struct Every {
+    tick: tokio::time::Interval,
+    cancel: CancellationToken,
+}
+
+impl Every {
+    pub(crate) fn new(period: Duration, cancel: CancellationToken) -> Every {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { tick, cancel }
+    }
+
+    /// Waits for the next tick; `false` once cancelled.
+    pub(crate) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => true,
+            () = self.cancel.cancelled() => false,
         }
     }
 }

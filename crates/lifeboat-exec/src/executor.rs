@@ -182,21 +182,14 @@ impl Executor {
                 }
                 StepResult::Failed(d) | StepResult::Unknown(d) => {
                     let problem = format!("{} {}: {d}", step.name(), step.node());
-                    if past_no_return || matches!(step, Step::Promote { .. }) {
-                        // Never roll back a promotion that may have happened: keep the plan
-                        // in flight so the next loop carries it forward.
+                    // Never roll back a promotion that may have happened: keep the plan in
+                    // flight so the next loop carries it forward.
+                    let keep = past_no_return || matches!(step, Step::Promote { .. });
+                    if keep {
                         warn!(%problem, "plan stalled after its point of no return; it stays in flight");
-                        return self.finish(
-                            plan,
-                            state,
-                            incident,
-                            figures,
-                            outcome,
-                            Some(problem),
-                            true,
-                        );
+                    } else {
+                        self.compensate(plan, &done, state, incident).await;
                     }
-                    self.compensate(plan, &done, state, incident).await;
                     return self.finish(
                         plan,
                         state,
@@ -204,7 +197,7 @@ impl Executor {
                         figures,
                         outcome,
                         Some(problem),
-                        false,
+                        keep,
                     );
                 }
             }

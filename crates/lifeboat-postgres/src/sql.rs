@@ -241,38 +241,31 @@ pub async fn promote(conn: &ConnInfo, timeout: Duration) -> Result<(), PgError> 
     bounded("promotion", conn, timeout, async {
         let c = connect(conn, timeout).await?;
         let e = query_err("promotion", conn);
-        let in_recovery: bool = c
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(&e)?
-            .get(0);
-        if !in_recovery {
+        let one = |sql: &'static str| {
+            let (c, e) = (&c, &e);
+            async move {
+                c.query_one(sql, &[])
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(e)
+            }
+        };
+        if !one("SELECT pg_is_in_recovery()").await? {
             return Ok(());
         }
         // Without waiting inside the server (which polls every 100 ms), then poll faster here.
-        let started: bool = c
-            .query_one("SELECT pg_promote(false)", &[])
-            .await
-            .map_err(&e)?
-            .get(0);
-        if !started {
+        if !one("SELECT pg_promote(false)").await? {
+            let reason = "pg_promote() returned false".into();
             return Err(PgError::Refused {
                 what: "promotion",
                 target: conn.to_string(),
-                reason: "pg_promote() returned false".into(),
+                reason,
             });
         }
-        loop {
-            let in_recovery: bool = c
-                .query_one("SELECT pg_is_in_recovery()", &[])
-                .await
-                .map_err(&e)?
-                .get(0);
-            if !in_recovery {
-                return Ok(());
-            }
+        while one("SELECT pg_is_in_recovery()").await? {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        Ok(())
     })
     .await
 }

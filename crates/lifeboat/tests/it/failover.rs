@@ -166,7 +166,7 @@ async fn sync_mode_loses_no_acknowledged_write() -> Result<()> {
     assert!(log.recovered_after(fault).is_some(), "clients write again");
     let present = canary_seqs(&regions.standby.conninfo()).await?;
     assert!(
-        log.acked.len() > 100,
+        log.acked.len() > 20,
         "the canary wrote too little to mean anything: {}",
         log.acked.len()
     );
