@@ -262,7 +262,7 @@ impl Controller {
                             self.replica_lag_s.insert(r.application_name.clone(), 0.0);
                         }
                     }
-                    self.facts.insert(node.clone(), facts_of(&obs));
+                    self.facts.insert(node.clone(), facts_of(obs));
                 }
                 if changed {
                     let h = &self.trackers[&node].health;

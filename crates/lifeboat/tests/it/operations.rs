@@ -38,7 +38,10 @@ async fn switchover_loses_nothing_and_the_old_primary_follows() -> Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = canary.stop().await?;
     let present = canary_seqs(&regions.standby.conninfo()).await?;
-    assert!(log.acked.len() > 20, "the canary wrote too little to mean anything");
+    assert!(
+        log.acked.len() > 20,
+        "the canary wrote too little to mean anything"
+    );
     assert_eq!(
         log.lost(&present),
         Vec::<i64>::new(),
