@@ -12,7 +12,7 @@ mod types;
 mod units;
 mod validate;
 
-pub use backup::BackupConfig;
+pub use backup::{BackupConfig, Retention};
 pub use load::{load, parse, ConfigError, Loaded};
 pub use report::{Finding, Report};
 pub use types::*;

@@ -390,3 +390,94 @@ pub async fn canary_seqs(conn: &ConnInfo) -> Result<std::collections::BTreeSet<i
         .map(|r| r.get(0))
         .collect())
 }
+
+/// A real S3-compatible server (moto's, from PyPI) on a free loopback port, storing in memory.
+/// Dropping it stops it with SIGTERM, then waits for it.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub async fn start() -> Result<S3Server> {
+        let port = free_port()?;
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context(
+                "starting moto's S3 server (python3 -m moto.server); run scripts/install-deps.sh",
+            )?;
+        let server = S3Server { child, port };
+        let deadline = std::time::Instant::now() + START;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("moto's S3 server did not listen on port {port} within {START:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(server)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (moto does not check signatures, so a plain PUT does).
+    pub async fn create_bucket(&self, name: &str) -> Result<()> {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let req = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await?;
+        if !resp.starts_with("HTTP/1.1 200") {
+            bail!(
+                "creating bucket {name}: {}",
+                resp.lines().next().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// The environment a lifeboat process needs to use this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

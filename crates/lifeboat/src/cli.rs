@@ -141,18 +141,30 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Incident {
             command: IncidentCmd::Show { id, api },
         } => client::incident(&client::Api::new(&cli.config, &api), id).await,
-        Cmd::Backup(a) => {
-            lifeboat_backup::cli::backup(a, load(&cli.config).ok().as_ref().map(|l| &l.config))
-                .await
-        }
-        Cmd::Restore(a) => {
-            lifeboat_backup::cli::restore(a, load(&cli.config).ok().as_ref().map(|l| &l.config))
-                .await
-        }
-        Cmd::Wal(a) => {
-            lifeboat_backup::cli::wal(a, load(&cli.config).ok().as_ref().map(|l| &l.config)).await
-        }
+        Cmd::Backup(a) => match offline_config(&cli.config) {
+            Ok(c) => lifeboat_backup::cli::backup(a, c.as_ref().map(|l| &l.config)).await,
+            Err(code) => code,
+        },
+        Cmd::Restore(a) => match offline_config(&cli.config) {
+            Ok(c) => lifeboat_backup::cli::restore(a, c.as_ref().map(|l| &l.config)).await,
+            Err(code) => code,
+        },
+        Cmd::Wal(a) => match offline_config(&cli.config) {
+            Ok(c) => lifeboat_backup::cli::wal(a, c.as_ref().map(|l| &l.config)).await,
+            Err(code) => code,
+        },
     }
+}
+
+/// The config for commands that also work without one: absent when the default file does not
+/// exist; an error (exit 2) when a given file is missing or invalid.
+fn offline_config(path: &Path) -> Result<Option<Loaded>, ExitCode> {
+    let is_default =
+        path == Path::new("lifeboat.toml") && std::env::var_os("LIFEBOAT_CONFIG").is_none();
+    if is_default && !path.exists() {
+        return Ok(None);
+    }
+    load(path).map(Some)
 }
 
 fn config_check(file: &Path) -> ExitCode {

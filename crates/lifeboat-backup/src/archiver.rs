@@ -1,0 +1,250 @@
+//! Backing up directory trees: walk, reuse unchanged files from the parent snapshot, chunk the
+//! rest on one thread per core, and commit a snapshot.
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::repo::{host, Repo};
+use crate::snapshot::{Node, NodeKind, Snapshot, SourceKind, Summary};
+use crate::writer::Writer;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+pub struct Labels {
+    pub source: String,
+    pub tier: String,
+    pub tags: Vec<String>,
+    pub group: Option<String>,
+}
+
+/// Backs up `roots` (directories or files) into one snapshot.
+pub async fn backup_paths(
+    repo: &Repo,
+    roots: &[PathBuf],
+    labels: Labels,
+    progress: &Progress,
+) -> Result<(crate::crypto::Id, Snapshot)> {
+    let started = std::time::Instant::now();
+    let time = time::OffsetDateTime::now_utc();
+    let mut abs = Vec::new();
+    for r in roots {
+        let a = std::path::absolute(r).map_err(Error::io(r))?;
+        std::fs::symlink_metadata(&a).map_err(Error::io(&a))?;
+        abs.push(a);
+    }
+    let root_names: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
+    let writer = Writer::start(repo, &format!("backup of {}", root_names.join(", "))).await?;
+
+    // The parent: the newest snapshot of the same source and roots.
+    let parent = repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
+        s.kind == SourceKind::Directory && s.source == labels.source && s.roots == root_names
+    });
+    let mut previous: HashMap<String, Node> = HashMap::new();
+    if let Some((_, p)) = &parent {
+        for n in crate::restorer::load_nodes(repo, writer.index(), p).await? {
+            if n.kind == NodeKind::File && n.chunks.iter().all(|c| writer.index().contains(c)) {
+                previous.insert(n.path.clone(), n);
+            }
+        }
+    }
+
+    let walk_roots = abs.clone();
+    let nodes = tokio::task::spawn_blocking(move || walk(&walk_roots))
+        .await
+        .expect("walk task")?;
+    let mut nodes = nodes;
+    let mut todo = Vec::new();
+    let mut summary = Summary::default();
+    for (i, (n, _)) in nodes.iter_mut().enumerate() {
+        match n.kind {
+            NodeKind::Dir => summary.dirs += 1,
+            NodeKind::File => {
+                summary.files += 1;
+                summary.bytes += n.size;
+                match previous.get(&n.path) {
+                    Some(p)
+                        if p.size == n.size
+                            && p.mtime == n.mtime
+                            && p.mtime_ns == n.mtime_ns
+                            && p.inode == n.inode =>
+                    {
+                        n.chunks = p.chunks.clone()
+                    }
+                    _ => todo.push(i),
+                }
+            }
+            NodeKind::Symlink => {}
+        }
+    }
+    summary.files_read = todo.len() as u64;
+    let to_read: u64 = todo.iter().map(|&i| nodes[i].0.size).sum();
+    progress.start("backing up", to_read);
+
+    let saver = writer.saver();
+    let work: Vec<(usize, PathBuf, u64)> = todo
+        .iter()
+        .map(|&i| (i, nodes[i].1.clone(), nodes[i].0.size))
+        .collect();
+    let bar = progress.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let next = AtomicUsize::new(0);
+        let results = Mutex::new(Vec::with_capacity(work.len()));
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let first_error = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((i, path, size)) = work.get(k) else { break };
+                    if first_error.lock().expect("err").is_some() {
+                        break;
+                    }
+                    match saver.save_file(path, *size, &|n| bar.inc(n)) {
+                        Ok(chunks) => results.lock().expect("results").push((*i, Some(chunks))),
+                        Err(Error::Io { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            tracing::warn!(path = %path.display(), "file vanished during the backup");
+                            results.lock().expect("results").push((*i, None));
+                        }
+                        Err(e) => {
+                            first_error.lock().expect("err").get_or_insert(e);
+                        }
+                    }
+                });
+            }
+        });
+        match first_error.into_inner().expect("err") {
+            Some(e) => Err(e),
+            None => Ok(results.into_inner().expect("results")),
+        }
+    })
+    .await
+    .expect("file workers");
+    progress.finish();
+    let results = match read {
+        Ok(r) => r,
+        Err(e) => return Err(writer.abandon().await.unwrap_or(e)),
+    };
+    let mut vanished = vec![false; nodes.len()];
+    for (i, chunks) in results {
+        match chunks {
+            Some(c) => nodes[i].0.chunks = c,
+            None => vanished[i] = true,
+        }
+    }
+    let nodes: Vec<Node> = nodes
+        .into_iter()
+        .zip(vanished)
+        .filter(|(_, gone)| !gone)
+        .map(|((n, _), _)| n)
+        .collect();
+    summary.bytes_read = writer.saver().counters.bytes_read.load(Ordering::Relaxed);
+    summary.duration_s = started.elapsed().as_secs_f64();
+    let snapshot = Snapshot {
+        time,
+        host: host(),
+        source: labels.source,
+        kind: SourceKind::Directory,
+        tier: labels.tier,
+        tags: labels.tags,
+        group: labels.group,
+        roots: root_names,
+        parent: parent.map(|(id, _)| id),
+        tree: Vec::new(),
+        summary,
+        postgres: None,
+    };
+    writer.commit(snapshot, nodes).await
+}
+
+/// Every node under the roots, sorted by path, with the absolute path to read it from.
+fn walk(roots: &[PathBuf]) -> Result<Vec<(Node, PathBuf)>> {
+    let mut out = Vec::new();
+    let single = roots.len() == 1;
+    let mut names = std::collections::HashSet::new();
+    for root in roots {
+        let prefix = if single {
+            String::new()
+        } else {
+            let name = root
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "root".into());
+            if !names.insert(name.clone()) {
+                return Err(Error::Invalid(format!(
+                    "two paths to back up end in the same name {name:?}; back them up separately"
+                )));
+            }
+            name
+        };
+        visit(root, &prefix, &mut out)?;
+    }
+    out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+    Ok(out)
+}
+
+fn visit(path: &Path, rel: &str, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path)(e)),
+    };
+    let ft = md.file_type();
+    let kind = if ft.is_dir() {
+        NodeKind::Dir
+    } else if ft.is_symlink() {
+        NodeKind::Symlink
+    } else if ft.is_file() {
+        NodeKind::File
+    } else {
+        tracing::warn!(path = %path.display(), "skipping a special file (socket, fifo or device)");
+        return Ok(());
+    };
+    let target = if kind == NodeKind::Symlink {
+        Some(
+            std::fs::read_link(path)
+                .map_err(Error::io(path))?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    } else {
+        None
+    };
+    out.push((
+        Node {
+            path: rel.to_string(),
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime: md.mtime(),
+            mtime_ns: md.mtime_nsec() as u32,
+            size: if kind == NodeKind::File { md.len() } else { 0 },
+            inode: md.ino(),
+            target,
+            chunks: Vec::new(),
+        },
+        path.to_path_buf(),
+    ));
+    if kind == NodeKind::Dir {
+        let entries = match std::fs::read_dir(path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io(path)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(Error::io(path))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let child = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            visit(&e.path(), &child, out)?;
+        }
+    }
+    Ok(())
+}

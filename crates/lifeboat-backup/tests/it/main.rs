@@ -1,0 +1,5 @@
+//! The repository against a real local directory: round trips, dedup, wrong keys, damage,
+//! concurrency, locks and prune. S3 and killed processes are covered by the binary's tests.
+
+mod helpers;
+mod repository;
