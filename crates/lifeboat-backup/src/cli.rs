@@ -5,7 +5,7 @@ use crate::archiver::{backup_paths, Labels};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{passphrase, Repo};
-use crate::snapshot::format_time;
+use crate::snapshot::short_time;
 use crate::storage::Storage;
 use lifeboat_config::{Config, Retention};
 use std::path::PathBuf;
@@ -205,14 +205,14 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
                 print_json(&v);
             } else {
                 println!(
-                    "{:<10} {:<26} {:<12} {:<10} {:>10}  ROOTS",
-                    "ID", "TIME", "SOURCE", "TIER", "SIZE"
+                    "{:<10} {:<20} {:<12} {:<10} {:>10}  ROOTS",
+                    "ID", "TIME (UTC)", "SOURCE", "TIER", "SIZE"
                 );
                 for (id, s) in &snaps {
                     println!(
-                        "{:<10} {:<26} {:<12} {:<10} {:>10}  {}",
+                        "{:<10} {:<20} {:<12} {:<10} {:>10}  {}",
                         id.short(),
-                        format_time(s.time),
+                        short_time(s.time),
                         s.source,
                         s.tier,
                         lifeboat_config::format_bytes(s.summary.bytes),

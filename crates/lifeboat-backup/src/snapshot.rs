@@ -128,3 +128,9 @@ pub fn format_time(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .expect("time formats")
 }
+
+/// `2026-11-22 10:42:03` (UTC), for tables.
+pub fn short_time(t: OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&f).expect("time formats")
+}

@@ -1,6 +1,9 @@
-//! Test harness: temp dirs (kept on request), free loopback ports and real PostgreSQL servers
-//! started as the `postgres` user and stopped gracefully. Used by integration tests and
+//! Test harness: temp dirs (kept on request), free loopback ports, real PostgreSQL servers
+//! started as the `postgres` user and a real S3-compatible server (moto), all stopped
+//! gracefully, and reproducible directory trees. Used by integration tests, the demo and
 //! benchmarks only; nothing here is a fake.
+
+pub mod tree;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_postgres::{ConnInfo, InitOptions, LocalServer, StopMode};

@@ -1,6 +1,7 @@
 //! The `lifeboat` binary against real PostgreSQL servers on loopback: the daemon is started
 //! as a child process, driven through its CLI and API, and stopped with SIGTERM.
 
+mod backup;
 mod bad_input;
 mod failover;
 mod operations;
