@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod lock;
 pub mod pack;
+pub mod postgres;
 pub mod progress;
 pub mod prune;
 pub mod repo;

@@ -66,6 +66,7 @@ pub struct PgInfo {
     pub end_lsn: String,
     /// First WAL segment the backup needs.
     pub start_wal: String,
+    pub wal_segment_size: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub end_time: OffsetDateTime,
 }

@@ -109,6 +109,16 @@ impl PgCluster {
         Ok(c)
     }
 
+    /// Starts a server on a data directory that already exists at `dir/<name>` (a restore).
+    pub async fn start_existing(dir: &TestDir, name: &str) -> Result<PgCluster> {
+        let c = PgCluster::unstarted(dir, name, None)?;
+        c.server
+            .start(START)
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        Ok(c)
+    }
+
     fn unstarted(dir: &TestDir, name: &str, password: Option<String>) -> Result<PgCluster> {
         let server = LocalServer {
             bin_dir: LocalServer::find_bin_dir()?,
