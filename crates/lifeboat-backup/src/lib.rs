@@ -22,6 +22,7 @@ pub mod retention;
 pub mod scheduler;
 pub mod snapshot;
 pub mod storage;
+pub mod walstream;
 pub mod writer;
 
 pub use error::{Error, Result};

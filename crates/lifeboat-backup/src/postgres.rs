@@ -235,7 +235,7 @@ fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)> {
     Some((tli, log * (0x1_0000_0000u64 / segment_size) + seg))
 }
 
-fn wal_key(name: &str) -> String {
+pub fn wal_key(name: &str) -> String {
     format!("wal/{name}")
 }
 
@@ -248,18 +248,28 @@ pub async fn wal_push(repo: &Repo, path: &Path) -> Result<()> {
         .ok_or_else(|| Error::Invalid(format!("{} is not a WAL file path", path.display())))?
         .to_string();
     let data = tokio::fs::read(path).await.map_err(Error::io(path))?;
-    let key = wal_key(&name);
-    if let Some(existing) = repo.storage.get(&key).await? {
-        let old = repo.key.open_unbounded(&existing)?;
-        if old == data {
-            return Ok(());
+    wal_store(repo, &name, data, false).await
+}
+
+/// Stores WAL file `name`. An existing object with the same content is left alone; with
+/// other content it is replaced only when `replace` (a `.partial` that grew).
+pub async fn wal_store(repo: &Repo, name: &str, data: Vec<u8>, replace: bool) -> Result<()> {
+    let key = wal_key(name);
+    if !replace {
+        if let Some(existing) = repo.storage.get(&key).await? {
+            if repo.key.open_unbounded(&existing)? == data {
+                return Ok(());
+            }
+            return Err(Error::Invalid(format!(
+                "{name} is already archived in {} with different content; refusing to overwrite it",
+                repo.location()
+            )));
         }
-        return Err(Error::Invalid(format!(
-            "{name} is already archived in {} with different content; refusing to overwrite it",
-            repo.location()
-        )));
     }
-    let sealed = repo.key.seal(&data, 3);
+    let key_copy = repo.key.clone();
+    let sealed = tokio::task::spawn_blocking(move || key_copy.seal(&data, 3))
+        .await
+        .expect("seal task");
     repo.storage.put(&key, sealed).await
 }
 

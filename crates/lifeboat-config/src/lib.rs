@@ -12,7 +12,10 @@ mod types;
 mod units;
 mod validate;
 
-pub use backup::{BackupConfig, Retention};
+pub use backup::{
+    BackupConfig, BackupTierConfig, RepositoryConfig, RestoreTestConfig, Retention, SourceConfig,
+    TierKind, WalConfig, WalMode,
+};
 pub use load::{load, parse, ConfigError, Loaded};
 pub use report::{Finding, Report};
 pub use types::*;

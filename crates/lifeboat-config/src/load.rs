@@ -222,6 +222,9 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(p) = c.controller.api_token_file.as_mut() {
         abs(p)
     }
+    if let Some(b) = c.backup.as_mut() {
+        b.resolve_paths(base);
+    }
     for r in c.regions.values_mut() {
         for n in &mut r.nodes {
             if let Some(p) = n.password_file.as_mut() {

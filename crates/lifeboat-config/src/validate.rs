@@ -13,7 +13,12 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
     failover(c, r);
     regions(c, r);
     if let Some(b) = &c.backup {
-        b.validate("backup", r);
+        let nodes: Vec<&str> = c
+            .regions
+            .values()
+            .flat_map(|g| g.nodes.iter().map(|n| n.name.as_str()))
+            .collect();
+        b.validate("backup", &nodes, r);
     }
 }
 

@@ -2,4 +2,5 @@
 //! concurrency, locks and prune. S3 and killed processes are covered by the binary's tests.
 
 mod helpers;
+mod postgres;
 mod repository;

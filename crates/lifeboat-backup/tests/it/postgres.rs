@@ -1,0 +1,79 @@
+use crate::helpers::new_repo;
+use anyhow::Result;
+use lifeboat_backup::archiver::Labels;
+use lifeboat_backup::postgres::{base_backup, restore_pitr, Target};
+use lifeboat_backup::progress::Progress;
+use lifeboat_backup::walstream::{WalStatus, WalStreamer};
+use lifeboat_postgres::InitOptions;
+use lifeboat_testkit::{PgCluster, TestDir};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// Rows committed after the base backup, in a segment never finished or archived, come back
+/// from the streamed `.partial` after the primary is killed.
+#[tokio::test]
+async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_is_killed(
+) -> Result<()> {
+    let dir = TestDir::new("walstream")?;
+    let repo = new_repo(dir.path()).await?;
+    let pg = PgCluster::primary(&dir, "pg", InitOptions::default()).await?;
+    let conninfo = pg.conninfo().to_libpq(None);
+    let db = pg.client().await?;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await?;
+    let labels = Labels {
+        source: "db".into(),
+        tier: "full".into(),
+        tags: vec![],
+        group: None,
+    };
+    base_backup(&repo, &conninfo, labels, &Progress::hidden()).await?;
+
+    let status = Arc::new(WalStatus::default());
+    let streamer = WalStreamer {
+        repo: repo.clone(),
+        conninfo: conninfo.clone(),
+        spool: dir.path().join("spool"),
+        upload_every: Duration::from_millis(200),
+        status: status.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(streamer.run(cancel.clone()));
+    for id in 1..=50 {
+        db.execute("INSERT INTO t VALUES ($1)", &[&id]).await?;
+    }
+    let committed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.last_synced_ms.load(Ordering::Relaxed) <= committed + 300 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no upload after the commits: {:?}",
+            status.last_error.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pg.kill()?;
+    cancel.cancel();
+    task.await?;
+    assert_eq!(
+        status.segments_stored.load(Ordering::Relaxed),
+        0,
+        "the rows are in an unfinished segment"
+    );
+
+    let to = dir.path().join("restored");
+    let summary = restore_pitr(&repo, Target::Latest, None, &to, &Progress::hidden()).await?;
+    assert!(summary.wal_files >= 1);
+    let restored = PgCluster::start_existing(&dir, "restored").await?;
+    let n: i64 = restored
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 50);
+    restored.stop().await?;
+    Ok(())
+}
