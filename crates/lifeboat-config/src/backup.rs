@@ -148,7 +148,7 @@ impl BackupConfig {
                 );
             }
             match (&repo.password_file, &repo.password_env) {
-                (None, None) => r.error(format!("{p}"), "set password-file or password-env"),
+                (None, None) => r.error(p.clone(), "set password-file or password-env"),
                 (Some(_), Some(_)) => r.error(
                     format!("{p}.password-env"),
                     "set either password-file or password-env, not both",
