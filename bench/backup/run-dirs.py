@@ -22,7 +22,9 @@ PASSWORD = "benchmark passphrase"
 
 
 def run(cmd, env=None):
-    """Runs cmd, returns (seconds, peak RSS in MiB); fails loudly."""
+    """Runs cmd after flushing dirty pages (so one step's writeback does not slow the next),
+    returns (seconds, peak RSS in MiB); fails loudly."""
+    subprocess.run(["sync"], check=True)
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(p.pid, 0)

@@ -7,7 +7,7 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::pack::{pack_key, Index, IndexFile, PackedBlob};
 use crate::progress::Progress;
-use crate::repo::{Repo, PARALLEL_IO};
+use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::restorer::load_nodes;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -127,7 +127,7 @@ pub async fn verify(
                 let blobs = by_pack.remove(&pack).unwrap_or_default();
                 async move { (pack, read_pack(repo, pack, blobs).await) }
             })
-            .buffer_unordered(PARALLEL_IO / 2);
+            .buffer_unordered(PACKS_IN_FLIGHT);
         while let Some((pack, r)) = results.next().await {
             report.packs_read += 1;
             match r {

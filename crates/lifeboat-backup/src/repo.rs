@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 pub const FORMAT_VERSION: u32 = 1;
-/// How many objects are read or written at once.
+/// How many small objects (index files, snapshots, WAL) are read or written at once.
 pub const PARALLEL_IO: usize = 8;
+/// How many packs (up to `pack_size` each) a reader or writer holds in memory at once; this
+/// bounds peak memory more than anything else.
+pub const PACKS_IN_FLIGHT: usize = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

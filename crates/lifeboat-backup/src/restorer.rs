@@ -8,12 +8,13 @@ use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::pack::{pack_key, BlobLoc, Index};
 use crate::progress::Progress;
-use crate::repo::{Repo, PARALLEL_IO};
+use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::snapshot::{decode_nodes, Node, NodeKind, Snapshot};
 use futures::StreamExt;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The nodes of a snapshot.
@@ -61,6 +62,16 @@ struct Wanted {
 /// The wanted blobs of one pack, by offset.
 type PackPlan = BTreeMap<u32, Wanted>;
 
+/// A restore's fixed facts, shared by the pack workers.
+struct Plan {
+    nodes: Vec<Node>,
+    paths: Vec<PathBuf>,
+    /// Files whose content is all in one pack: that pack's worker creates them and sets their
+    /// metadata, so most files are touched by one thread, once.
+    single_pack: Vec<bool>,
+    am_root: bool,
+}
+
 /// Restores `snap` (or the part at `only`) into `to`.
 pub async fn restore(
     repo: &Repo,
@@ -80,76 +91,92 @@ pub async fn restore(
         }
     }
     let mut summary = RestoreSummary::default();
-    let files: Vec<PathBuf> = nodes.iter().map(|n| target(to, &n.path)).collect();
-
-    // Directories, empty files at their final size, symlinks.
-    std::fs::create_dir_all(to).map_err(Error::io(to))?;
-    for (n, path) in nodes.iter().zip(&files) {
-        match n.kind {
-            NodeKind::Dir => {
-                std::fs::create_dir_all(path).map_err(Error::io(path))?;
-                summary.dirs += 1;
-            }
-            NodeKind::File => {
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(Error::io(parent))?;
-                }
-                let f = std::fs::File::create(path).map_err(Error::io(path))?;
-                f.set_len(n.size).map_err(Error::io(path))?;
-                summary.files += 1;
-                summary.bytes += n.size;
-            }
-            NodeKind::Symlink => {
-                let _ = std::fs::remove_file(path);
-                let t = n.target.as_deref().unwrap_or_default();
-                std::os::unix::fs::symlink(t, path).map_err(Error::io(path))?;
-                summary.symlinks += 1;
-            }
-        }
-    }
 
     // Which blob goes where, by pack.
     let mut by_pack: BTreeMap<Id, PackPlan> = BTreeMap::new();
     let mut failed: BTreeMap<usize, String> = BTreeMap::new();
+    let mut single_pack = vec![false; nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
         let mut offset = 0u64;
+        let mut packs = BTreeSet::new();
         for c in &n.chunks {
-            match index.get(c) {
-                Some((pack, loc)) => {
-                    by_pack
-                        .entry(pack)
-                        .or_default()
-                        .entry(loc.offset)
-                        .or_insert_with(|| Wanted {
-                            id: *c,
-                            loc,
-                            uses: Vec::new(),
-                        })
-                        .uses
-                        .push(Use { file: i, offset });
-                    offset += loc.raw_length as u64;
-                }
-                None => {
-                    failed
-                        .entry(i)
-                        .or_insert_with(|| format!("chunk {} is not in the index", c.short()));
-                    break;
-                }
+            let Some((pack, loc)) = index.get(c) else {
+                failed
+                    .entry(i)
+                    .or_insert_with(|| format!("chunk {} is not in the index", c.short()));
+                break;
+            };
+            packs.insert(pack);
+            by_pack
+                .entry(pack)
+                .or_default()
+                .entry(loc.offset)
+                .or_insert_with(|| Wanted {
+                    id: *c,
+                    loc,
+                    uses: Vec::new(),
+                })
+                .uses
+                .push(Use { file: i, offset });
+            offset += loc.raw_length as u64;
+        }
+        single_pack[i] = packs.len() == 1 && !failed.contains_key(&i);
+        match n.kind {
+            NodeKind::Dir => summary.dirs += 1,
+            NodeKind::Symlink => summary.symlinks += 1,
+            NodeKind::File => {
+                summary.files += 1;
+                summary.bytes += n.size;
             }
         }
     }
+    let paths = nodes.iter().map(|n| target(to, &n.path)).collect();
+    let plan = Arc::new(Plan {
+        nodes,
+        paths,
+        single_pack,
+        am_root: nix::unistd::geteuid().is_root(),
+    });
+
+    // Directories, symlinks, and files that no single pack worker creates.
+    let p = plan.clone();
+    let to_owned = to.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&to_owned).map_err(Error::io(&to_owned))?;
+        for (i, (n, path)) in p.nodes.iter().zip(&p.paths).enumerate() {
+            match n.kind {
+                NodeKind::Dir => std::fs::create_dir_all(path).map_err(Error::io(path))?,
+                NodeKind::Symlink => {
+                    let _ = std::fs::remove_file(path);
+                    let t = n.target.as_deref().unwrap_or_default();
+                    std::os::unix::fs::symlink(t, path).map_err(Error::io(path))?;
+                }
+                NodeKind::File if !p.single_pack[i] => {
+                    let f = std::fs::File::create(path).map_err(Error::io(path))?;
+                    f.set_len(n.size).map_err(Error::io(path))?;
+                }
+                NodeKind::File => {}
+            }
+        }
+        Ok::<_, Error>(())
+    })
+    .await
+    .expect("create task")?;
+
     progress.start("restoring", summary.bytes);
-    let files_ref = &files;
     let results: Vec<(Vec<usize>, Option<String>)> = futures::stream::iter(by_pack)
-        .map(|(pack, blobs)| async move {
-            let users: BTreeSet<usize> = blobs
-                .values()
-                .flat_map(|w| w.uses.iter().map(|u| u.file))
-                .collect();
-            let r = restore_pack(repo, pack, blobs, files_ref, progress).await;
-            (users.into_iter().collect(), r.err().map(|e| e.to_string()))
+        .map(|(pack, blobs)| {
+            let plan = plan.clone();
+            async move {
+                let users: BTreeSet<usize> = blobs
+                    .values()
+                    .flat_map(|w| w.uses.iter().map(|u| u.file))
+                    .collect();
+                let r = restore_pack(repo, pack, blobs, plan, progress).await;
+                (users.into_iter().collect(), r.err().map(|e| e.to_string()))
+            }
         })
-        .buffer_unordered(PARALLEL_IO / 2)
+        .buffer_unordered(PACKS_IN_FLIGHT)
         .collect()
         .await;
     progress.finish();
@@ -161,22 +188,30 @@ pub async fn restore(
         }
     }
 
-    // Metadata, deepest first so a directory's time is set after its content.
-    let am_root = nix::unistd::geteuid().is_root();
-    for (i, n) in nodes.iter().enumerate().rev() {
-        if failed.contains_key(&i) {
-            continue;
+    // The rest of the metadata, deepest first so a directory's time is set after its content.
+    let p = plan.clone();
+    let failed = tokio::task::spawn_blocking(move || {
+        for (i, n) in p.nodes.iter().enumerate().rev() {
+            if p.single_pack[i] || failed.contains_key(&i) {
+                continue;
+            }
+            if let Err(e) = apply_metadata(n, &p.paths[i], p.am_root) {
+                failed.insert(i, e.to_string());
+            }
         }
-        if let Err(e) = apply_metadata(n, &files[i], am_root) {
-            failed.insert(i, e.to_string());
+        for i in failed.keys() {
+            if p.nodes[*i].kind == NodeKind::File {
+                let _ = std::fs::remove_file(&p.paths[*i]);
+            }
         }
-    }
-    for (i, reason) in failed {
-        let _ = std::fs::remove_file(&files[i])
-            .ok()
-            .filter(|_| nodes[i].kind == NodeKind::File);
-        summary.failed.push((nodes[i].path.clone(), reason));
-    }
+        failed
+    })
+    .await
+    .expect("metadata task");
+    summary.failed = failed
+        .into_iter()
+        .map(|(i, why)| (plan.nodes[i].path.clone(), why))
+        .collect();
     summary.duration_s = started.elapsed().as_secs_f64();
     lock.release().await?;
     Ok(summary)
@@ -194,7 +229,7 @@ async fn restore_pack(
     repo: &Repo,
     pack: Id,
     blobs: PackPlan,
-    files: &[PathBuf],
+    plan: Arc<Plan>,
     progress: &Progress,
 ) -> Result<()> {
     let first = *blobs.keys().next().expect("a pack with blobs") as usize;
@@ -208,10 +243,9 @@ async fn restore_pack(
         .get_range(&pack_key(&pack), first..last)
         .await?;
     let repo = repo.clone();
-    let files = files.to_vec();
     let progress = progress.clone();
     tokio::task::spawn_blocking(move || {
-        let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+        let mut open: BTreeMap<usize, std::fs::File> = BTreeMap::new();
         for Wanted { id, loc, uses } in blobs.values() {
             let start = loc.offset as usize - first;
             let sealed = bytes
@@ -231,24 +265,43 @@ async fn restore_pack(
                 )));
             }
             for u in uses {
-                let path = &files[u.file];
+                let path = &plan.paths[u.file];
                 let f = match open.entry(u.file) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                        std::fs::OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(Error::io(path))?,
-                    ),
+                    std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        let f = if plan.single_pack[u.file] {
+                            std::fs::File::create(path)
+                        } else {
+                            std::fs::OpenOptions::new().write(true).open(path)
+                        };
+                        v.insert(f.map_err(Error::io(path))?)
+                    }
                 };
                 f.write_all_at(&plain, u.offset).map_err(Error::io(path))?;
                 progress.inc(plain.len() as u64);
+            }
+        }
+        for (i, f) in open {
+            if plan.single_pack[i] {
+                apply_file_metadata(&f, &plan.nodes[i], plan.am_root)
+                    .map_err(Error::io(&plan.paths[i]))?;
             }
         }
         Ok(())
     })
     .await
     .expect("restore task")
+}
+
+/// Owner, mode and times through an open file: no second lookup of the path.
+fn apply_file_metadata(f: &std::fs::File, n: &Node, am_root: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if am_root {
+        std::os::unix::fs::fchown(f, Some(n.uid), Some(n.gid))?;
+    }
+    f.set_permissions(std::fs::Permissions::from_mode(n.mode))?;
+    let t = std::time::UNIX_EPOCH + Duration::new(n.mtime.max(0) as u64, n.mtime_ns);
+    f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
 }
 
 fn apply_metadata(n: &Node, path: &Path, am_root: bool) -> Result<()> {

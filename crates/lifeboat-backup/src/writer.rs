@@ -8,7 +8,7 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::pack::{pack_key, BlobKind, FinishedPack, Index, PackBuilder, PackEntry};
-use crate::repo::{Repo, PARALLEL_IO};
+use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::snapshot::{encode_nodes, Node, Snapshot};
 use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
 use futures::StreamExt;
@@ -166,7 +166,7 @@ impl Writer {
     pub async fn start(repo: &Repo, purpose: &str) -> Result<Writer> {
         let lock = Lock::acquire(&repo.storage, false, purpose, Duration::from_secs(600)).await?;
         let index = Arc::new(repo.load_index().await?);
-        let (tx, rx) = mpsc::channel::<FinishedPack>(PARALLEL_IO);
+        let (tx, rx) = mpsc::channel::<FinishedPack>(1);
         let saver = Arc::new(Saver {
             repo: repo.clone(),
             index,
@@ -255,7 +255,7 @@ async fn upload(repo: Repo, rx: mpsc::Receiver<FinishedPack>) -> Result<()> {
                 })
             }
         })
-        .buffer_unordered(PARALLEL_IO / 2));
+        .buffer_unordered(PACKS_IN_FLIGHT));
     let mut done: Vec<PackEntry> = Vec::new();
     let mut failed = None;
     while let Some(r) = uploads.next().await {
