@@ -47,6 +47,31 @@ enum BackupCmd {
     Init {
         #[command(flatten)]
         repo: RepoArgs,
+        /// Share this repository's keys and chunker, so snapshots can be copied from it
+        /// sending only missing data (the copy target in another region).
+        #[arg(long, value_name = "REPO")]
+        from_repo: Option<String>,
+        /// Passphrase file of --from-repo (default: the same passphrase).
+        #[arg(long, requires = "from_repo")]
+        from_password_file: Option<PathBuf>,
+    },
+    /// Copy snapshots to another repository created with `init --from-repo`; only the data
+    /// it lacks is sent.
+    Copy {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The target repository.
+        #[arg(long, value_name = "REPO")]
+        to: String,
+        /// Passphrase file of the target (default: the same passphrase).
+        #[arg(long)]
+        to_password_file: Option<PathBuf>,
+        /// Copy only snapshots of this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Tier the copies get in the target (default: their own).
+        #[arg(long)]
+        as_tier: Option<String>,
     },
     /// Back up directories or files now.
     Run {
@@ -169,6 +194,19 @@ enum WalCmd {
     },
 }
 
+/// A second repository; its passphrase from `file`, else the first one's.
+async fn open_other(
+    location: &str,
+    file: Option<&std::path::Path>,
+    first: &RepoArgs,
+) -> Result<Repo> {
+    let pass = match file {
+        Some(f) => passphrase(Some(f), location)?,
+        None => passphrase(first.password_file.as_deref(), location)?,
+    };
+    Repo::open(Storage::open(location, false)?, &pass).await
+}
+
 fn fail(e: &Error) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(e.exit_code())
@@ -187,9 +225,20 @@ pub async fn backup(args: BackupArgs, _config: Option<&Config>) -> ExitCode {
 
 async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
     match args.cmd {
-        BackupCmd::Init { repo } => {
+        BackupCmd::Init {
+            repo,
+            from_repo,
+            from_password_file,
+        } => {
             let pass = passphrase(repo.password_file.as_deref(), &repo.repo)?;
-            let r = Repo::init(Storage::open(&repo.repo, true)?, &pass).await?;
+            let storage = Storage::open(&repo.repo, true)?;
+            let r = match from_repo {
+                None => Repo::init(storage, &pass).await?,
+                Some(from) => {
+                    let other = open_other(&from, from_password_file.as_deref(), &repo).await?;
+                    Repo::init_like(storage, &pass, &other).await?
+                }
+            };
             if repo.json {
                 print_json(&serde_json::json!({ "repository": r.location(), "id": r.config.id }));
             } else {
@@ -244,6 +293,31 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
                     m.new_blobs,
                     lifeboat_config::format_bytes(m.new_stored_bytes),
                     m.duration_s
+                );
+            }
+        }
+        BackupCmd::Copy {
+            repo,
+            to,
+            to_password_file,
+            source,
+            as_tier,
+        } => {
+            let from = repo.open().await?;
+            let target = open_other(&to, to_password_file.as_deref(), &repo).await?;
+            let select =
+                |s: &crate::snapshot::Snapshot| source.as_ref().is_none_or(|src| &s.source == src);
+            let report = crate::copy::copy(&from, &target, &select, as_tier.as_deref()).await?;
+            if repo.json {
+                print_json(&report);
+            } else {
+                println!(
+                    "copied {} snapshot(s) to {} ({} already there): {} blob(s), {} sent",
+                    report.copied.len(),
+                    target.location(),
+                    report.already_there,
+                    report.blobs_sent,
+                    lifeboat_config::format_bytes(report.bytes_sent)
                 );
             }
         }

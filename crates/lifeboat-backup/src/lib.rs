@@ -9,6 +9,7 @@
 pub mod archiver;
 pub mod check;
 pub mod cli;
+pub mod copy;
 pub mod crypto;
 pub mod error;
 pub mod lock;

@@ -97,13 +97,30 @@ pub struct Repo {
 
 impl Repo {
     pub async fn init(storage: Storage, pass: &[u8]) -> Result<Repo> {
+        Repo::init_with(storage, pass, MasterKey::random(), RepoConfig::default()).await
+    }
+
+    /// A repository sharing `other`'s keys and chunker, so snapshots copy between them by
+    /// sending only missing blobs.
+    pub async fn init_like(storage: Storage, pass: &[u8], other: &Repo) -> Result<Repo> {
+        let config = RepoConfig {
+            id: RepoConfig::default().id,
+            ..other.config.clone()
+        };
+        Repo::init_with(storage, pass, other.key.clone(), config).await
+    }
+
+    async fn init_with(
+        storage: Storage,
+        pass: &[u8],
+        key: MasterKey,
+        config: RepoConfig,
+    ) -> Result<Repo> {
         if storage.get("config").await?.is_some() {
             return Err(Error::AlreadyExists {
                 repo: storage.location.clone(),
             });
         }
-        let key = MasterKey::random();
-        let config = RepoConfig::default();
         let kf = KeyFile::wrap(&key, pass, now_rfc3339(), host());
         let kbytes = serde_json::to_vec_pretty(&kf).expect("key serializes");
         storage

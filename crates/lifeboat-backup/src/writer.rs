@@ -43,17 +43,28 @@ pub struct Saver {
 impl Saver {
     /// Stores one blob unless the repository or this session already has it.
     pub fn save_blob(&self, id: Id, kind: BlobKind, plain: &[u8]) -> Result<()> {
-        if self.index.contains(&id) || !self.pending.lock().expect("pending").insert(id) {
+        if !self.claim(id) {
             return Ok(());
         }
         let sealed = self.repo.key.seal(plain, self.repo.config.zstd_level);
+        self.add_sealed(id, kind, &sealed, plain.len())
+    }
+
+    /// True when `id` is new to the repository and to this session (and now claimed by the
+    /// caller, who must store it).
+    pub fn claim(&self, id: Id) -> bool {
+        !self.index.contains(&id) && self.pending.lock().expect("pending").insert(id)
+    }
+
+    /// Adds an already sealed blob (a copy from a repository with the same keys).
+    pub fn add_sealed(&self, id: Id, kind: BlobKind, sealed: &[u8], raw_len: usize) -> Result<()> {
         self.counters.new_blobs.fetch_add(1, Ordering::Relaxed);
         self.counters
             .new_stored_bytes
             .fetch_add(sealed.len() as u64, Ordering::Relaxed);
         let full = {
             let mut p = self.pack.lock().expect("pack");
-            p.add(id, kind, &sealed, plain.len());
+            p.add(id, kind, sealed, raw_len);
             if p.len() >= self.repo.config.pack_size as usize {
                 Some(std::mem::take(&mut *p))
             } else {
@@ -192,33 +203,42 @@ impl Writer {
         &self.saver.index
     }
 
-    /// Stores the nodes as tree blobs, waits for every pack and index file, then writes the
-    /// snapshot and releases the lock.
+    /// Stores the nodes as tree blobs, then finishes with the snapshot.
     pub async fn commit(self, mut snapshot: Snapshot, nodes: Vec<Node>) -> Result<(Id, Snapshot)> {
         let saver = self.saver.clone();
         let tree = tokio::task::spawn_blocking(move || {
-            let ids = saver.save_bytes(&encode_nodes(&nodes), BlobKind::Tree)?;
-            saver.flush()?;
-            Ok::<_, Error>(ids)
+            saver.save_bytes(&encode_nodes(&nodes), BlobKind::Tree)
         })
         .await
         .expect("tree task");
-        let tree = match tree {
-            Ok(t) => t,
+        match tree {
+            Ok(t) => snapshot.tree = t,
             Err(e) => return Err(self.abandon().await.unwrap_or(e)),
-        };
+        }
+        let counters = &self.saver.counters;
+        snapshot.summary.new_blobs = counters.new_blobs.load(Ordering::Relaxed);
+        snapshot.summary.new_stored_bytes = counters.new_stored_bytes.load(Ordering::Relaxed);
+        self.finish(snapshot).await
+    }
+
+    /// Waits for every pack and index file, then writes the snapshot (whose tree blobs must be
+    /// stored by now) and releases the lock.
+    pub async fn finish(self, snapshot: Snapshot) -> Result<(Id, Snapshot)> {
+        let saver = self.saver.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || saver.flush())
+            .await
+            .expect("flush task")
+        {
+            return Err(self.abandon().await.unwrap_or(e));
+        }
         let Writer {
             repo,
             lock,
             saver,
             uploader,
         } = self;
-        let counters = &saver.counters;
-        snapshot.summary.new_blobs = counters.new_blobs.load(Ordering::Relaxed);
-        snapshot.summary.new_stored_bytes = counters.new_stored_bytes.load(Ordering::Relaxed);
         drop(saver);
         uploader.await.expect("uploader task")?;
-        snapshot.tree = tree;
         let id = repo.save_json("snapshots", &snapshot).await?;
         lock.release().await?;
         Ok((id, snapshot))

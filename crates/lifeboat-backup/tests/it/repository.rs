@@ -300,3 +300,45 @@ async fn a_lock_whose_holder_is_gone_expires_and_a_live_one_holds() -> Result<()
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_copy_to_a_second_repository_sends_only_what_it_lacks() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    make_tree(&src, 5)?;
+    let first = new_repo(tmp.path()).await?;
+    backup(&first, &src, "daily").await?;
+    let second_dir = tmp.path().join("second").display().to_string();
+    let second = Repo::init_like(Storage::open(&second_dir, true)?, b"other pw", &first).await?;
+
+    let all = |_: &lifeboat_backup::snapshot::Snapshot| true;
+    let one = lifeboat_backup::copy::copy(&first, &second, &all, Some("archive")).await?;
+    assert_eq!(one.copied.len(), 1);
+    assert!(one.blobs_sent > 0);
+
+    // A second backup changes one file: the next copy sends a few blobs, not everything again.
+    std::fs::write(src.join("a/f07"), b"new content")?;
+    backup(&first, &src, "daily").await?;
+    let two = lifeboat_backup::copy::copy(&first, &second, &all, Some("archive")).await?;
+    assert_eq!((two.copied.len(), two.already_there), (1, 1));
+    assert!(two.blobs_sent <= 3, "{} blobs sent", two.blobs_sent);
+
+    let reopened = Repo::open(Storage::open(&second_dir, false)?, b"other pw").await?;
+    let (_, snap) = reopened.find_snapshot("latest").await?;
+    assert_eq!(snap.tier, "archive");
+    let out = tmp.path().join("out");
+    restore(&reopened, &snap, &out, None, &Progress::hidden()).await?;
+    assert_eq!(describe(&out)?, describe(&src)?);
+    assert!(verify(&reopened, true, 100.0, &Progress::hidden())
+        .await?
+        .ok());
+
+    // Repositories with their own keys cannot share blobs.
+    let third_dir = tmp.path().join("third").display().to_string();
+    let third = Repo::init(Storage::open(&third_dir, true)?, b"pw").await?;
+    let e = lifeboat_backup::copy::copy(&first, &third, &all, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("do not share keys"), "{e}");
+    Ok(())
+}
