@@ -12,18 +12,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-pub struct Labels {
+/// How a snapshot is labelled, and whether unchanged files are read again.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
     pub source: String,
     pub tier: String,
     pub tags: Vec<String>,
     pub group: Option<String>,
+    /// Read every file, even those unchanged since the parent snapshot (a full backup).
+    pub full: bool,
 }
 
 /// Backs up `roots` (directories or files) into one snapshot.
 pub async fn backup_paths(
     repo: &Repo,
     roots: &[PathBuf],
-    labels: Labels,
+    opts: BackupOptions,
     progress: &Progress,
 ) -> Result<(crate::crypto::Id, Snapshot)> {
     let started = std::time::Instant::now();
@@ -37,10 +41,13 @@ pub async fn backup_paths(
     let root_names: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
     let writer = Writer::start(repo, &format!("backup of {}", root_names.join(", "))).await?;
 
-    // The parent: the newest snapshot of the same source and roots.
-    let parent = repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
-        s.kind == SourceKind::Directory && s.source == labels.source && s.roots == root_names
-    });
+    // The parent: the newest snapshot of the same source and roots; a full backup has none.
+    let parent = match opts.full {
+        true => None,
+        false => repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
+            s.kind == SourceKind::Directory && s.source == opts.source && s.roots == root_names
+        }),
+    };
     let mut previous: HashMap<String, Node> = HashMap::new();
     if let Some((_, p)) = &parent {
         for n in crate::restorer::load_nodes(repo, writer.index(), p).await? {
@@ -146,11 +153,11 @@ pub async fn backup_paths(
     let snapshot = Snapshot {
         time,
         host: host(),
-        source: labels.source,
+        source: opts.source,
         kind: SourceKind::Directory,
-        tier: labels.tier,
-        tags: labels.tags,
-        group: labels.group,
+        tier: opts.tier,
+        tags: opts.tags,
+        group: opts.group,
         roots: root_names,
         parent: parent.map(|(id, _)| id),
         tree: Vec::new(),

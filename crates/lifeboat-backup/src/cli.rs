@@ -1,7 +1,7 @@
 //! The `lifeboat backup|restore|wal` commands. The binary parses them with clap and calls the
 //! functions here; each prints its own output and returns the process exit code.
 
-use crate::archiver::{backup_paths, Labels};
+use crate::archiver::{backup_paths, BackupOptions};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{passphrase, Repo};
@@ -77,9 +77,13 @@ enum BackupCmd {
     Run {
         #[command(flatten)]
         repo: RepoArgs,
-        /// Name of the source in snapshots (the parent is the last snapshot of the same source).
-        #[arg(long, default_value = "dir")]
-        source: String,
+        /// Name of the source in snapshots (default: dir or postgres); the parent is the last
+        /// snapshot of the same source and paths.
+        #[arg(long)]
+        source: Option<String>,
+        /// Read every file again instead of trusting size, time and inode (a full backup).
+        #[arg(long)]
+        full: bool,
         #[arg(long, default_value = "manual")]
         tier: String,
         #[arg(long = "tag")]
@@ -250,34 +254,28 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
             source,
             tier,
             tags,
+            full,
             postgres,
             paths,
         } => {
             let r = repo.open().await?;
+            let kind = if postgres.is_some() {
+                "postgres"
+            } else {
+                "dir"
+            };
+            let opts = BackupOptions {
+                source: source.unwrap_or_else(|| kind.to_string()),
+                tier,
+                tags,
+                group: None,
+                full,
+            };
             let (id, s) = match postgres {
                 Some(conninfo) => {
-                    let source = if source == "dir" {
-                        "postgres".to_string()
-                    } else {
-                        source
-                    };
-                    let labels = Labels {
-                        source,
-                        tier,
-                        tags,
-                        group: None,
-                    };
-                    crate::postgres::base_backup(&r, &conninfo, labels, &repo.progress()).await?
+                    crate::postgres::base_backup(&r, &conninfo, opts, &repo.progress()).await?
                 }
-                None => {
-                    let labels = Labels {
-                        source,
-                        tier,
-                        tags,
-                        group: None,
-                    };
-                    backup_paths(&r, &paths, labels, &repo.progress()).await?
-                }
+                None => backup_paths(&r, &paths, opts, &repo.progress()).await?,
             };
             if repo.json {
                 print_json(&serde_json::json!({ "id": id.hex(), "snapshot": s }));

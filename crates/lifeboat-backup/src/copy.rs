@@ -31,7 +31,7 @@ fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
 pub async fn copy(
     from: &Repo,
     to: &Repo,
-    select: &dyn Fn(&Snapshot) -> bool,
+    select: &(dyn Fn(&Snapshot) -> bool + Sync),
     tier: Option<&str>,
 ) -> Result<CopyReport> {
     let probe = b"lifeboat: do these repositories share keys?";

@@ -6,7 +6,7 @@
 //! `postgresql.auto.conf`. Starting it replays up to the target, then promotes; it needs no
 //! access to the repository or its passphrase.
 
-use crate::archiver::Labels;
+use crate::archiver::BackupOptions;
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::pack::Index;
@@ -35,7 +35,7 @@ fn pg_tool(name: &str) -> Result<PathBuf> {
 pub async fn base_backup(
     repo: &Repo,
     conninfo: &str,
-    labels: Labels,
+    opts: BackupOptions,
     progress: &Progress,
 ) -> Result<(Id, Snapshot)> {
     let started = std::time::Instant::now();
@@ -159,11 +159,11 @@ pub async fn base_backup(
     let snapshot = Snapshot {
         time,
         host: host(),
-        source: labels.source,
+        source: opts.source,
         kind: SourceKind::Postgres,
-        tier: labels.tier,
-        tags: labels.tags,
-        group: labels.group,
+        tier: opts.tier,
+        tags: opts.tags,
+        group: opts.group,
         roots: vec![redact(conninfo)],
         parent: None,
         tree: Vec::new(),

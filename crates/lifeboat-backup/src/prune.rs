@@ -38,7 +38,7 @@ pub struct PruneReport {
 /// policy `policy_for` returns.
 pub async fn prune(
     repo: &Repo,
-    policy_for: &dyn Fn(&str, &str) -> Option<Retention>,
+    policy_for: &(dyn Fn(&str, &str) -> Option<Retention> + Sync),
     dry_run: bool,
 ) -> Result<PruneReport> {
     let lock = Lock::acquire(&repo.storage, true, "prune", Duration::from_secs(600)).await?;
@@ -49,7 +49,7 @@ pub async fn prune(
 
 async fn prune_locked(
     repo: &Repo,
-    policy_for: &dyn Fn(&str, &str) -> Option<Retention>,
+    policy_for: &(dyn Fn(&str, &str) -> Option<Retention> + Sync),
     dry_run: bool,
 ) -> Result<PruneReport> {
     let mut report = PruneReport {

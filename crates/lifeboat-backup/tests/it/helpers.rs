@@ -1,5 +1,5 @@
 use anyhow::Result;
-use lifeboat_backup::archiver::{backup_paths, Labels};
+use lifeboat_backup::archiver::{backup_paths, BackupOptions};
 use lifeboat_backup::crypto::Id;
 use lifeboat_backup::progress::Progress;
 use lifeboat_backup::snapshot::Snapshot;
@@ -19,11 +19,12 @@ pub async fn new_repo(dir: &Path) -> Result<Repo> {
 }
 
 pub async fn backup(repo: &Repo, root: &Path, tier: &str) -> Result<(Id, Snapshot)> {
-    let labels = Labels {
+    let opts = BackupOptions {
         source: "test".into(),
         tier: tier.into(),
         tags: vec![],
         group: None,
+        full: false,
     };
-    Ok(backup_paths(repo, &[root.to_path_buf()], labels, &Progress::hidden()).await?)
+    Ok(backup_paths(repo, &[root.to_path_buf()], opts, &Progress::hidden()).await?)
 }

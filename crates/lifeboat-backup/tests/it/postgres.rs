@@ -1,6 +1,6 @@
 use crate::helpers::new_repo;
 use anyhow::Result;
-use lifeboat_backup::archiver::Labels;
+use lifeboat_backup::archiver::BackupOptions;
 use lifeboat_backup::postgres::{base_backup, restore_pitr, Target};
 use lifeboat_backup::progress::Progress;
 use lifeboat_backup::walstream::{WalStatus, WalStreamer};
@@ -23,13 +23,14 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     let db = pg.client().await?;
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await?;
-    let labels = Labels {
+    let opts = BackupOptions {
         source: "db".into(),
         tier: "full".into(),
         tags: vec![],
         group: None,
+        full: false,
     };
-    base_backup(&repo, &conninfo, labels, &Progress::hidden()).await?;
+    base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?;
 
     let status = Arc::new(WalStatus::default());
     let streamer = WalStreamer {

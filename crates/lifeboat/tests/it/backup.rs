@@ -1,11 +1,11 @@
 //! `lifeboat backup|restore` as a user runs them: on a real S3-compatible server, killed
 //! halfway, and given bad input.
 
-use crate::{stderr, stdout, BIN};
+use crate::{stderr, stdout, Daemon, BIN};
 use anyhow::{Context, Result};
 use lifeboat_postgres::InitOptions;
 use lifeboat_testkit::tree::{describe, make_tree, random_bytes};
-use lifeboat_testkit::{free_port, PgCluster, S3Server, TestDir};
+use lifeboat_testkit::{free_port, PgCluster, S3Server, TestDir, TwoRegions};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -345,5 +345,101 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
         stderr(&out)
     );
     pg.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_daemon_runs_tiers_with_retention_streams_wal_and_passes_restore_tests() -> Result<()> {
+    let regions = TwoRegions::start("sched", "").await?;
+    let dir = &regions.dir;
+    let repo_dir = dir.subdir("repo")?;
+    let repo = repo_dir.to_str().unwrap();
+    let pass = dir.path().join("backup-passphrase");
+    std::fs::write(&pass, "correct horse\n")?;
+    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let files = dir.path().join("files");
+    make_tree(&files, 9)?;
+    let scratch = dir.subdir("scratch")?;
+    let mut config = std::fs::read_to_string(&regions.config_path)?;
+    config.push_str(&format!(
+        r#"
+[backup.repositories.main]
+location = "{repo}"
+password-file = "{pass}"
+
+[backup.sources.files]
+paths = ["{files}"]
+
+[backup.sources.db]
+postgres = "us-east-1"
+
+[backup.tiers.frequent]
+kind = "incremental"
+sources = ["files", "db"]
+repository = "main"
+every = "2s"
+keep = {{ last = 2 }}
+
+[backup.wal]
+source = "db"
+repository = "main"
+spool-dir = "{spool}"
+
+[backup.restore-test]
+source = "db"
+repository = "main"
+every = "3s"
+query = "SELECT 1"
+scratch-dir = "{scratch}"
+"#,
+        pass = pass.display(),
+        files = files.display(),
+        spool = dir.path().join("spool").display(),
+        scratch = scratch.display(),
+    ));
+    std::fs::write(&regions.config_path, config)?;
+    let daemon = Daemon::start(&regions, "us-east-1").await?;
+
+    let http = reqwest::Client::new();
+    let wanted = [
+        "lifeboat_backup_restore_test_success 1",
+        "lifeboat_backup_rpo_exceeded{source=\"files\",tier=\"frequent\"} 0",
+        "lifeboat_backup_rpo_exceeded{source=\"db\",tier=\"frequent\"} 0",
+        "lifeboat_backup_wal_last_sync_timestamp_seconds",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut metrics = String::new();
+    while Instant::now() < deadline {
+        metrics = http
+            .get(format!("{}/metrics", daemon.api))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if wanted.iter().all(|m| metrics.contains(m)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for m in wanted {
+        assert!(
+            metrics.contains(m),
+            "{m} missing in\n{metrics}\n{}",
+            daemon.log()
+        );
+    }
+    // Let a few more runs happen; retention keeps the newest two of each source.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(daemon);
+    let list = json(&ok(lb(repo, &[], &["backup", "list", "--json"]).output()?)?)?;
+    let count = |source: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["snapshot"]["source"] == source)
+            .count()
+    };
+    assert!((1..=2).contains(&count("files")), "{list}");
+    assert!((1..=2).contains(&count("db")), "{list}");
     Ok(())
 }
