@@ -27,6 +27,8 @@ use tracing::{info, warn};
 
 type Labels = Vec<(&'static str, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
+/// (source, tier) -> (unix time of the newest good snapshot, RPO target).
+type Newest = HashMap<(String, String), (f64, Duration)>;
 
 /// `lifeboat_backup_*`, labelled by source and tier (both from the config, so bounded).
 #[derive(Default)]
@@ -52,8 +54,7 @@ pub struct Scheduler {
     backup: BackupConfig,
     nodes: BTreeMap<String, NodeConfig>,
     metrics: Arc<Metrics>,
-    /// (source, tier) -> (unix time of the newest good snapshot, RPO target).
-    newest: Arc<Mutex<HashMap<(String, String), (f64, Duration)>>>,
+    newest: Arc<Mutex<Newest>>,
 }
 
 fn unix_now() -> f64 {

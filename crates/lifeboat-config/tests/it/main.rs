@@ -97,3 +97,75 @@ fn a_missing_file_names_the_path() {
         "cannot read config file /nonexistent/lifeboat.toml: No such file or directory (os error 2); check the path given to --config"
     );
 }
+
+#[test]
+fn a_broken_backup_section_reports_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &path,
+        r#"[service]
+name = "orders"
+tier = "gold"
+
+[endpoint]
+listen = "127.0.0.1:6432"
+
+[tiers.gold]
+rto = "5s"
+rpo = "1s"
+
+[regions.a]
+role = "primary"
+nodes = [{ name = "a1", host = "127.0.0.1", port = 5432 }]
+
+[regions.b]
+role = "standby"
+nodes = [{ name = "b1", host = "127.0.0.1", port = 5433 }]
+
+[backup.repositories.main]
+location = "ftp://nowhere"
+
+[backup.sources.db]
+postgres = "c9"
+
+[backup.sources.both]
+paths = ["/srv"]
+postgres = "a1"
+
+[backup.tiers.hot]
+kind = "incremental"
+sources = ["db", "missing"]
+repository = "main"
+every = "0s"
+keep = {}
+
+[backup.tiers.offsite]
+kind = "copy"
+repository = "main"
+copy-to = "main"
+every = "7d"
+keep = { weekly = 4 }
+
+[backup.wal]
+source = "both"
+repository = "elsewhere"
+"#,
+    )
+    .unwrap();
+    let err = lifeboat_config::load(&path).unwrap_err();
+    let report = err.report().expect("a report").to_string();
+    expect![[r#"
+        error: backup.repositories.main.location (line 21): only directories and s3:// locations are supported
+        error: backup.repositories.main (line 20): set password-file or password-env
+        error: backup.sources.both (line 26): set either paths or postgres, not both
+        error: backup.sources.db.postgres (line 24): no node "c9" in regions (known: a1, b1)
+        error: backup.tiers.hot.every (line 34): must be at least 1s
+        error: backup.tiers.hot.keep (line 35): keeps nothing; set at least one of last, hourly, daily, weekly, monthly, yearly
+        error: backup.tiers.hot.sources[1] (line 32): source "missing" is not defined under backup.sources
+        error: backup.tiers.offsite.copy-to (line 40): must differ from repository
+        error: backup.wal.repository (line 46): repository "elsewhere" is not defined under backup.repositories
+        warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
+        warning: failover.replication: async replication can lose the last acknowledged writes in an automatic failover
+    "#]].assert_eq(&report);
+}
