@@ -48,13 +48,16 @@ pub async fn backup_paths(
             s.kind == SourceKind::Directory && s.source == opts.source && s.roots == root_names
         }),
     };
-    let mut previous: HashMap<String, Node> = HashMap::new();
+    // Files of the parent whose chunks are all still indexed, by path.
+    let mut previous: Vec<Node> = Vec::new();
     if let Some((_, p)) = &parent {
-        for n in crate::restorer::load_nodes(repo, writer.index(), p).await? {
-            if n.kind == NodeKind::File && n.chunks.iter().all(|c| writer.index().contains(c)) {
-                previous.insert(n.path.clone(), n);
+        let index = writer.index();
+        crate::restorer::for_each_node(repo, index, p, |n| {
+            if n.kind == NodeKind::File && n.chunks.iter().all(|c| index.contains(c)) {
+                previous.push(n);
             }
-        }
+        })
+        .await?;
     }
 
     let walk_roots = abs.clone();
@@ -62,6 +65,7 @@ pub async fn backup_paths(
         .await
         .expect("walk task")?;
     let mut nodes = nodes;
+    let by_path: HashMap<&str, &Node> = previous.iter().map(|n| (n.path.as_str(), n)).collect();
     let mut todo = Vec::new();
     let mut summary = Summary::default();
     for (i, (n, _)) in nodes.iter_mut().enumerate() {
@@ -70,7 +74,7 @@ pub async fn backup_paths(
             NodeKind::File => {
                 summary.files += 1;
                 summary.bytes += n.size;
-                match previous.get(&n.path) {
+                match by_path.get(n.path.as_str()) {
                     Some(p)
                         if p.size == n.size
                             && p.mtime == n.mtime
@@ -85,6 +89,8 @@ pub async fn backup_paths(
             NodeKind::Symlink => {}
         }
     }
+    drop(by_path);
+    drop(previous);
     summary.files_read = todo.len() as u64;
     let to_read: u64 = todo.iter().map(|&i| nodes[i].0.size).sum();
     progress.start("backing up", to_read);

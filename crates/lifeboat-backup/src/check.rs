@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::pack::{pack_key, Index, IndexFile, PackedBlob};
 use crate::progress::Progress;
 use crate::repo::{Repo, PACKS_IN_FLIGHT};
-use crate::restorer::load_nodes;
+use crate::restorer::for_each_node;
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -162,22 +162,8 @@ pub async fn verify(
     };
     report.snapshots = snaps.len();
     for (id, snap) in &snaps {
-        let nodes = match load_nodes(repo, &index, snap).await {
-            Ok(n) => n,
-            Err(e) => {
-                report
-                    .errors
-                    .push(format!("snapshot {}: tree unreadable: {e}", id.short()));
-                report
-                    .damaged
-                    .entry(id.hex())
-                    .or_default()
-                    .push("(the whole snapshot)".into());
-                continue;
-            }
-        };
         let mut damaged = BTreeSet::new();
-        for n in &nodes {
+        let walked = for_each_node(repo, &index, snap, |n| {
             for c in &n.chunks {
                 let broken = match index.get(c) {
                     None => {
@@ -200,6 +186,18 @@ pub async fn verify(
                     break;
                 }
             }
+        })
+        .await;
+        if let Err(e) = walked {
+            report
+                .errors
+                .push(format!("snapshot {}: tree unreadable: {e}", id.short()));
+            report
+                .damaged
+                .entry(id.hex())
+                .or_default()
+                .push("(the whole snapshot)".into());
+            continue;
         }
         if !damaged.is_empty() {
             report

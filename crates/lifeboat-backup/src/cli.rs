@@ -189,6 +189,21 @@ enum WalCmd {
         #[command(flatten)]
         repo: RepoArgs,
     },
+    /// Stream WAL from a server into the repository until stopped (SIGTERM or Ctrl-C): the
+    /// same supervised pg_receivewal the daemon runs for [backup.wal], in the foreground.
+    Stream {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The server (a libpq connection string; a replication connection is made).
+        #[arg(long, value_name = "CONNINFO")]
+        postgres: String,
+        /// Local spool directory for pg_receivewal.
+        #[arg(long)]
+        spool: PathBuf,
+        /// How often the segment in progress is uploaded.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+    },
     /// Fetch an archived WAL file (restore_command = 'lifeboat wal fetch … %f %p').
     Fetch {
         name: String,
@@ -431,12 +446,13 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
                     println!("forget {k}");
                 }
                 println!(
-                    "{verb} forget {} snapshot(s), keep {}; {verb} delete {} pack(s), repack {}, delete {} unindexed; {} freed",
+                    "{verb} forget {} snapshot(s), keep {}; {verb} delete {} pack(s), repack {}, delete {} unindexed, {} WAL file(s); {} freed",
                     report.forgotten.len(),
                     report.kept.len(),
                     report.packs_deleted,
                     report.packs_repacked,
                     report.packs_unindexed_deleted,
+                    report.wal_deleted,
                     lifeboat_config::format_bytes(report.bytes_freed)
                 );
             }
@@ -564,6 +580,50 @@ pub async fn wal(args: WalArgs, _config: Option<&Config>) -> ExitCode {
             Ok(r) => crate::postgres::wal_push(&r, &path)
                 .await
                 .map(|_| ExitCode::SUCCESS),
+            Err(e) => Err(e),
+        },
+        WalCmd::Stream {
+            repo,
+            postgres,
+            spool,
+            every,
+        } => match repo.open().await {
+            Ok(r) => {
+                let status = std::sync::Arc::new(crate::walstream::WalStatus::default());
+                let streamer = crate::walstream::WalStreamer {
+                    repo: r,
+                    conninfo: postgres,
+                    spool,
+                    upload_every: every,
+                    status: status.clone(),
+                };
+                let cancel = tokio_util::sync::CancellationToken::new();
+                let stop = cancel.clone();
+                tokio::spawn(async move {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                            .expect("SIGTERM handler");
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                    stop.cancel();
+                });
+                streamer.run(cancel).await;
+                // Never in step with the server: say why, and fail.
+                let never_synced = status
+                    .last_synced_ms
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 0;
+                let last_error = status.last_error.lock().expect("status").take();
+                match last_error {
+                    Some(e) if never_synced => Err(Error::Command {
+                        what: "wal stream".into(),
+                        detail: e,
+                    }),
+                    _ => Ok(ExitCode::SUCCESS),
+                }
+            }
             Err(e) => Err(e),
         },
         WalCmd::Fetch { name, path, repo } => match repo.open().await {

@@ -62,6 +62,14 @@ impl PackBuilder {
         self.blobs.is_empty()
     }
 
+    /// A builder whose buffer holds a pack of about `size` without growing.
+    pub fn with_capacity(size: usize) -> PackBuilder {
+        PackBuilder {
+            buf: Vec::with_capacity(size + 1024 * 1024),
+            blobs: Vec::new(),
+        }
+    }
+
     pub fn add(&mut self, id: Id, kind: BlobKind, sealed: &[u8], raw_length: usize) {
         self.blobs.push(PackedBlob {
             id,

@@ -225,7 +225,7 @@ fn segment_name(tli: u32, segno: u64, segment_size: u64) -> String {
 }
 
 /// `(timeline, segment number)` of a WAL segment file name.
-fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)> {
+pub(crate) fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)> {
     if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }

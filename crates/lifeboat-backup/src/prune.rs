@@ -8,8 +8,9 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::pack::{pack_key, PackBuilder, PackEntry};
+use crate::postgres::parse_segment;
 use crate::repo::{Repo, PARALLEL_IO};
-use crate::restorer::load_nodes;
+use crate::restorer::for_each_node;
 use crate::retention;
 use crate::snapshot::format_time;
 use futures::{StreamExt, TryStreamExt};
@@ -100,9 +101,7 @@ async fn prune_locked(
     for ((_, s), k) in snaps.iter().zip(&keep) {
         if *k {
             used.extend(s.tree.iter().copied());
-            for n in load_nodes(repo, &index, s).await? {
-                used.extend(n.chunks);
-            }
+            for_each_node(repo, &index, s, |n| used.extend(n.chunks)).await?;
         }
     }
     let old_index_keys = repo.index_keys().await?;
@@ -143,6 +142,35 @@ async fn prune_locked(
         .map(|l| (l.key.clone(), l.size))
         .collect();
     report.bytes_freed += unindexed.iter().map(|(_, s)| s).sum::<u64>();
+
+    // WAL older than the start of the oldest kept base backup is needed by none of them. With
+    // no base backup kept, no WAL is deleted.
+    let floor = snaps
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .filter_map(|((_, s), _)| s.postgres.as_ref())
+        .filter_map(|pg| {
+            parse_segment(&pg.start_wal, pg.wal_segment_size)
+                .map(|(_, seg)| (seg, pg.wal_segment_size))
+        })
+        .min();
+    let wal_doomed: Vec<String> = match floor {
+        None => Vec::new(),
+        Some((floor, size)) => repo
+            .storage
+            .list("wal/")
+            .await?
+            .into_iter()
+            .filter(|l| {
+                let name = l.key.trim_start_matches("wal/");
+                let segment = name.strip_suffix(".partial").unwrap_or(name);
+                parse_segment(segment, size).is_some_and(|(_, seg)| seg < floor)
+            })
+            .map(|l| l.key)
+            .collect(),
+    };
+    report.wal_deleted = wal_doomed.len();
     report.packs_deleted = delete.len();
     report.packs_repacked = repack.len();
     report.packs_unindexed_deleted = unindexed.len();
@@ -191,6 +219,7 @@ async fn prune_locked(
         .chain(repack.iter().map(|p| &p.id))
         .map(pack_key)
         .chain(unindexed.into_iter().map(|(k, _)| k))
+        .chain(wal_doomed)
         .collect();
     futures::stream::iter(doomed)
         .map(|k| async move { repo.storage.delete(&k).await })

@@ -46,7 +46,7 @@ impl Default for RepoConfig {
                 avg: 1024 * 1024,
                 max: 8 * 1024 * 1024,
             },
-            pack_size: 16 * 1024 * 1024,
+            pack_size: 8 * 1024 * 1024,
             zstd_level: 1,
             cipher: "aes-256-gcm".into(),
         }

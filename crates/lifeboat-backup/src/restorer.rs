@@ -19,7 +19,20 @@ use std::time::Duration;
 
 /// The nodes of a snapshot.
 pub async fn load_nodes(repo: &Repo, index: &Index, snap: &Snapshot) -> Result<Vec<Node>> {
-    let mut bytes = Vec::new();
+    let mut nodes = Vec::new();
+    for_each_node(repo, index, snap, |n| nodes.push(n)).await?;
+    Ok(nodes)
+}
+
+/// Calls `f` with each node of a snapshot in path order, holding one tree blob at a time.
+pub async fn for_each_node(
+    repo: &Repo,
+    index: &Index,
+    snap: &Snapshot,
+    mut f: impl FnMut(Node),
+) -> Result<()> {
+    let mut carry: Vec<u8> = Vec::new();
+    let bad = |e: serde_json::Error| Error::corrupt(format!("snapshot tree: {e}"));
     for id in &snap.tree {
         let (pack, loc) = index.get(id).ok_or_else(|| {
             Error::corrupt(format!("tree blob {} is not in the index", id.short()))
@@ -31,9 +44,20 @@ pub async fn load_nodes(repo: &Repo, index: &Index, snap: &Snapshot) -> Result<V
                 id.short()
             )));
         }
-        bytes.extend_from_slice(&plain);
+        carry.extend_from_slice(&plain);
+        // Every complete line is a node; a line cut by the chunker waits for the next blob.
+        let complete = carry.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        decode_nodes(&carry[..complete])
+            .map_err(bad)?
+            .into_iter()
+            .for_each(&mut f);
+        carry.drain(..complete);
     }
-    decode_nodes(&bytes).map_err(|e| Error::corrupt(format!("snapshot tree: {e}")))
+    decode_nodes(&carry)
+        .map_err(bad)?
+        .into_iter()
+        .for_each(&mut f);
+    Ok(())
 }
 
 #[derive(Debug, Default, serde::Serialize)]

@@ -66,7 +66,8 @@ impl Saver {
             let mut p = self.pack.lock().expect("pack");
             p.add(id, kind, sealed, raw_len);
             if p.len() >= self.repo.config.pack_size as usize {
-                Some(std::mem::take(&mut *p))
+                let next = PackBuilder::with_capacity(self.repo.config.pack_size as usize);
+                Some(std::mem::replace(&mut *p, next))
             } else {
                 None
             }
@@ -182,7 +183,7 @@ impl Writer {
             repo: repo.clone(),
             index,
             pending: Mutex::new(HashSet::new()),
-            pack: Mutex::new(PackBuilder::default()),
+            pack: Mutex::new(PackBuilder::with_capacity(repo.config.pack_size as usize)),
             tx,
             counters: Counters::default(),
         });

@@ -78,3 +78,72 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     restored.stop().await?;
     Ok(())
 }
+
+/// WAL older than the oldest kept base backup goes with the backups that needed it; the kept
+/// one still restores to its latest point.
+#[tokio::test]
+async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
+    let dir = TestDir::new("walprune")?;
+    let repo = new_repo(dir.path()).await?;
+    let pg = PgCluster::primary(&dir, "pg", InitOptions::default()).await?;
+    let conninfo = pg.conninfo().to_libpq(None);
+    let db = pg.client().await?;
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await?;
+    let opts = || BackupOptions {
+        source: "db".into(),
+        tier: "full".into(),
+        ..Default::default()
+    };
+    base_backup(&repo, &conninfo, opts(), &Progress::hidden()).await?;
+    // Archive every finished segment through wal push, as archive_command would.
+    let push_all = || async {
+        for e in std::fs::read_dir(dir.path().join("pg/pg_wal"))? {
+            let p = e?.path();
+            if p.file_name().is_some_and(|n| n.len() == 24) {
+                lifeboat_backup::postgres::wal_push(&repo, &p).await?;
+            }
+        }
+        anyhow::Ok(())
+    };
+    for id in 1..=3 {
+        db.execute("INSERT INTO t VALUES ($1)", &[&id]).await?;
+        db.batch_execute("SELECT pg_switch_wal()").await?;
+    }
+    push_all().await?;
+    base_backup(&repo, &conninfo, opts(), &Progress::hidden()).await?;
+    db.execute("INSERT INTO t VALUES (4)", &[]).await?;
+    db.batch_execute("SELECT pg_switch_wal()").await?;
+    push_all().await?;
+    let before = repo.storage.list("wal/").await?.len();
+
+    let keep_one = lifeboat_config::Retention {
+        last: 1,
+        ..Default::default()
+    };
+    let report = lifeboat_backup::prune::prune(&repo, &|_, _| Some(keep_one), false).await?;
+    assert_eq!(report.forgotten.len(), 1);
+    assert!(
+        report.wal_deleted >= 3,
+        "{} of {before} WAL files deleted",
+        report.wal_deleted
+    );
+    assert_eq!(
+        repo.storage.list("wal/").await?.len(),
+        before - report.wal_deleted
+    );
+    pg.stop().await?;
+
+    let to = dir.path().join("restored");
+    restore_pitr(&repo, Target::Latest, None, &to, &Progress::hidden()).await?;
+    let restored = PgCluster::start_existing(&dir, "restored").await?;
+    let n: i64 = restored
+        .client()
+        .await?
+        .query_one("SELECT count(*) FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(n, 4);
+    restored.stop().await?;
+    Ok(())
+}
