@@ -8,10 +8,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("wrong passphrase for repository {repo}: none of its keys opens with it")]
     WrongPassword { repo: String },
-    #[error(
-        "no passphrase for repository {repo}: set LIFEBOAT_PASSWORD or pass --password-file FILE"
-    )]
-    NoPassword { repo: String },
+    #[error("no passphrase for repository {repo}: set {var} or pass --password-file FILE")]
+    NoPassword { repo: String, var: String },
     #[error("no repository at {repo}: create one with `lifeboat backup init --repo {repo}`")]
     NoRepository { repo: String },
     #[error("a repository already exists at {repo}")]

@@ -56,6 +56,11 @@ impl Default for RepoConfig {
 /// The passphrase, from `--password-file` or `LIFEBOAT_PASSWORD`; a key file is a password file
 /// holding random bytes.
 pub fn passphrase(file: Option<&Path>, repo: &str) -> Result<Vec<u8>> {
+    passphrase_from(file, "LIFEBOAT_PASSWORD", repo)
+}
+
+/// The passphrase from `file` (any bytes: a key file works), else from the variable `env`.
+pub fn passphrase_from(file: Option<&Path>, env: &str, repo: &str) -> Result<Vec<u8>> {
     if let Some(f) = file {
         let mut bytes = std::fs::read(f).map_err(Error::io(f))?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -69,9 +74,12 @@ pub fn passphrase(file: Option<&Path>, repo: &str) -> Result<Vec<u8>> {
         }
         return Ok(bytes);
     }
-    match std::env::var("LIFEBOAT_PASSWORD") {
+    match std::env::var(env) {
         Ok(p) if !p.is_empty() => Ok(p.into_bytes()),
-        _ => Err(Error::NoPassword { repo: repo.into() }),
+        _ => Err(Error::NoPassword {
+            repo: repo.into(),
+            var: env.into(),
+        }),
     }
 }
 

@@ -70,39 +70,16 @@ fn labels(source: &str, tier: &str) -> Labels {
 
 /// Opens a repository named in the config.
 pub async fn open_repo(r: &RepositoryConfig) -> Result<Repo> {
-    let pass = match (&r.password_file, &r.password_env) {
-        (Some(f), _) => crate::repo::passphrase(Some(f), &r.location)?,
-        (None, Some(var)) => std::env::var(var)
-            .ok()
-            .filter(|v| !v.is_empty())
-            .map(String::into_bytes)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "environment variable {var} (passphrase of {}) is not set",
-                    r.location
-                ))
-            })?,
-        (None, None) => {
-            return Err(Error::NoPassword {
-                repo: r.location.clone(),
-            })
-        }
-    };
+    let env = r.password_env.as_deref().unwrap_or("LIFEBOAT_PASSWORD");
+    let pass = crate::repo::passphrase_from(r.password_file.as_deref(), env, &r.location)?;
     Repo::open(Storage::open(&r.location, false)?, &pass).await
 }
 
 /// A libpq connection string for a node of the config, with its password.
 pub fn node_conninfo(n: &NodeConfig) -> Result<String> {
-    let password = match (&n.password_file, &n.password_env) {
-        (Some(f), _) => Some(
-            std::fs::read_to_string(f)
-                .map_err(Error::io(f))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        ),
-        (None, Some(var)) => std::env::var(var).ok(),
-        (None, None) => None,
-    };
+    let password =
+        lifeboat_config::read_secret(n.password_file.as_deref(), n.password_env.as_deref())
+            .map_err(|e| Error::Invalid(format!("node {}: password: {e}", n.name)))?;
     let c = lifeboat_postgres::ConnInfo {
         host: n.host.clone(),
         port: n.port,

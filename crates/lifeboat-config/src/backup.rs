@@ -147,18 +147,13 @@ impl BackupConfig {
                     "only directories and s3:// locations are supported",
                 );
             }
-            match (&repo.password_file, &repo.password_env) {
-                (None, None) => r.error(p.clone(), "set password-file or password-env"),
-                (Some(_), Some(_)) => r.error(
-                    format!("{p}.password-env"),
-                    "set either password-file or password-env, not both",
-                ),
-                (Some(f), None) if !f.is_file() => r.error(
-                    format!("{p}.password-file"),
-                    format!("file {} does not exist", f.display()),
-                ),
-                _ => {}
-            }
+            crate::validate::check_password_keys(
+                r,
+                &p,
+                &repo.password_file,
+                &repo.password_env,
+                true,
+            );
         }
         let repo_ok = |r: &mut Report, key: String, name: &str| {
             if !self.repositories.contains_key(name) {

@@ -8,6 +8,7 @@
 mod backup;
 mod load;
 mod report;
+mod secret;
 mod types;
 mod units;
 mod validate;
@@ -18,5 +19,6 @@ pub use backup::{
 };
 pub use load::{load, parse, ConfigError, Loaded};
 pub use report::{Finding, Report};
+pub use secret::{read_secret, SecretError};
 pub use types::*;
 pub use units::{format_bytes, Dur, Size};

@@ -250,17 +250,7 @@ fn node(n: &NodeConfig, path: &str, r: &mut Report) {
     if n.port == 0 {
         r.error(format!("{path}.port"), "must be between 1 and 65535");
     }
-    match (&n.password_file, &n.password_env) {
-        (Some(_), Some(_)) => r.error(
-            format!("{path}.password-env"),
-            "set either password-file or password-env, not both",
-        ),
-        (Some(f), None) if !f.is_file() => r.error(
-            format!("{path}.password-file"),
-            format!("file {} does not exist", f.display()),
-        ),
-        _ => {}
-    }
+    check_password_keys(r, path, &n.password_file, &n.password_env, false);
     if let Some(cmd) = &n.fence_command {
         if cmd.is_empty() || cmd[0].trim().is_empty() {
             r.error(
@@ -278,5 +268,28 @@ fn node(n: &NodeConfig, path: &str, r: &mut Report) {
                 );
             }
         }
+    }
+}
+
+/// `password-file` / `password-env` under `path`: not both, an existing file, and one of them
+/// when `required`.
+pub(crate) fn check_password_keys(
+    r: &mut Report,
+    path: &str,
+    file: &Option<std::path::PathBuf>,
+    env: &Option<String>,
+    required: bool,
+) {
+    match (file, env) {
+        (None, None) if required => r.error(path.to_string(), "set password-file or password-env"),
+        (Some(_), Some(_)) => r.error(
+            format!("{path}.password-env"),
+            "set either password-file or password-env, not both",
+        ),
+        (Some(f), None) if !f.is_file() => r.error(
+            format!("{path}.password-file"),
+            format!("file {} does not exist", f.display()),
+        ),
+        _ => {}
     }
 }

@@ -14,14 +14,11 @@ pub enum SetupError {
         port: u16,
         reason: String,
     },
-    #[error("node {node}: cannot read password file {path}: {source}")]
-    PasswordFile {
+    #[error("node {node}: password: {source}")]
+    Password {
         node: String,
-        path: String,
-        source: std::io::Error,
+        source: lifeboat_config::SecretError,
     },
-    #[error("node {node}: environment variable {var} is not set; export it or use password-file")]
-    PasswordEnv { node: String, var: String },
     #[error("node {node}: {source}")]
     Postgres {
         node: String,
@@ -60,23 +57,12 @@ fn node(region: &str, role: RegionRole, priority: i32, n: &NodeConfig) -> Result
             port: n.port,
             reason,
         })?;
-    let password = match (&n.password_file, &n.password_env) {
-        (Some(p), _) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|source| SetupError::PasswordFile {
-                    node: n.name.clone(),
-                    path: p.display().to_string(),
-                    source,
-                })?
-                .trim_end_matches(['\n', '\r'])
-                .to_owned(),
-        ),
-        (None, Some(var)) => Some(std::env::var(var).map_err(|_| SetupError::PasswordEnv {
-            node: n.name.clone(),
-            var: var.clone(),
-        })?),
-        (None, None) => None,
-    };
+    let password =
+        lifeboat_config::read_secret(n.password_file.as_deref(), n.password_env.as_deref())
+            .map_err(|source| SetupError::Password {
+                node: n.name.clone(),
+                source,
+            })?;
     let control = match &n.control {
         None => None,
         Some(c) => {

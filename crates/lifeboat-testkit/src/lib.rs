@@ -109,14 +109,17 @@ impl PgCluster {
         Ok(c)
     }
 
-    /// Starts a server on a data directory that already exists at `dir/<name>` (a restore).
-    pub async fn start_existing(dir: &TestDir, name: &str) -> Result<PgCluster> {
+    /// Starts a restored data directory at `dir/<name>`, runs `sql` (one row, one text
+    /// column), and stops the server again.
+    pub async fn query_restored(dir: &TestDir, name: &str, sql: &str) -> Result<String> {
         let c = PgCluster::unstarted(dir, name, None)?;
         c.server
             .start(START)
             .await
             .with_context(|| format!("starting {name}"))?;
-        Ok(c)
+        let row = c.client().await?.query_one(sql, &[]).await;
+        c.stop().await?;
+        Ok(row?.get(0))
     }
 
     fn unstarted(dir: &TestDir, name: &str, password: Option<String>) -> Result<PgCluster> {

@@ -81,18 +81,10 @@ async fn wait_for_signal() {
 /// The API token from the configured file or variable; `None` when none is configured.
 fn api_token(cfg: &Config) -> Result<Option<Arc<str>>> {
     let c = &cfg.controller;
-    let token = match (&c.api_token_file, &c.api_token_env) {
-        (Some(p), _) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("controller.api-token-file: cannot read {}", p.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, Some(var)) => Some(std::env::var(var).with_context(|| {
-            format!("controller.api-token-env: the environment variable {var} is not set; export it or use api-token-file")
-        })?),
-        (None, None) => None,
-    };
+    let token =
+        lifeboat_config::read_secret(c.api_token_file.as_deref(), c.api_token_env.as_deref())
+            .context("the API token (controller.api-token-file or api-token-env)")?
+            .map(|t| t.trim().to_owned());
     match token {
         Some(t) if t.is_empty() => {
             anyhow::bail!("the API token is empty; put a long random string in it")

@@ -67,15 +67,8 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     let to = dir.path().join("restored");
     let summary = restore_pitr(&repo, Target::Latest, None, &to, &Progress::hidden()).await?;
     assert!(summary.wal_files >= 1);
-    let restored = PgCluster::start_existing(&dir, "restored").await?;
-    let n: i64 = restored
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM t", &[])
-        .await?
-        .get(0);
-    assert_eq!(n, 50);
-    restored.stop().await?;
+    let n = PgCluster::query_restored(&dir, "restored", "SELECT count(*)::text FROM t").await?;
+    assert_eq!(n, "50");
     Ok(())
 }
 
@@ -136,14 +129,7 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
 
     let to = dir.path().join("restored");
     restore_pitr(&repo, Target::Latest, None, &to, &Progress::hidden()).await?;
-    let restored = PgCluster::start_existing(&dir, "restored").await?;
-    let n: i64 = restored
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM t", &[])
-        .await?
-        .get(0);
-    assert_eq!(n, 4);
-    restored.stop().await?;
+    let n = PgCluster::query_restored(&dir, "restored", "SELECT count(*)::text FROM t").await?;
+    assert_eq!(n, "4");
     Ok(())
 }

@@ -293,29 +293,16 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     ok(lb(repo, &[], &["restore", "postgres", "--at", &at, "--to"])
         .arg(&to)
         .output()?)?;
-    let restored = PgCluster::start_existing(&dir, "at-target").await?;
-    let rows = restored
-        .client()
-        .await?
-        .query("SELECT id FROM t ORDER BY id", &[])
-        .await?;
-    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
-    assert_eq!(ids, [1, 2, 3], "rows committed before {at}");
-    restored.stop().await?;
+    let sql = "SELECT string_agg(id::text, ',' ORDER BY id) FROM t";
+    let ids = PgCluster::query_restored(&dir, "at-target", sql).await?;
+    assert_eq!(ids, "1,2,3", "rows committed before {at}");
 
     let to = dir.path().join("latest");
     ok(lb(repo, &[], &["restore", "postgres", "--to"])
         .arg(&to)
         .output()?)?;
-    let restored = PgCluster::start_existing(&dir, "latest").await?;
-    let n: i64 = restored
-        .client()
-        .await?
-        .query_one("SELECT count(*) FROM t", &[])
-        .await?
-        .get(0);
-    assert_eq!(n, 6, "every archived row");
-    restored.stop().await?;
+    let n = PgCluster::query_restored(&dir, "latest", "SELECT count(*)::text FROM t").await?;
+    assert_eq!(n, "6", "every archived row");
 
     // Bad targets: before the first base backup, and a malformed time.
     let out = lb(
