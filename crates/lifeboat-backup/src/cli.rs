@@ -188,6 +188,10 @@ enum WalCmd {
         path: PathBuf,
         #[command(flatten)]
         repo: RepoArgs,
+        /// The cluster's system identifier (default: read from global/pg_control of the
+        /// current directory, which is the data directory when PostgreSQL runs the command).
+        #[arg(long)]
+        system_identifier: Option<String>,
     },
     /// Stream WAL from a server into the repository until stopped (SIGTERM or Ctrl-C): the
     /// same supervised pg_receivewal the daemon runs for [backup.wal], in the foreground.
@@ -210,6 +214,9 @@ enum WalCmd {
         path: PathBuf,
         #[command(flatten)]
         repo: RepoArgs,
+        /// As for push.
+        #[arg(long)]
+        system_identifier: Option<String>,
     },
 }
 
@@ -574,14 +581,30 @@ fn parse_time(s: &str) -> Result<time::OffsetDateTime> {
         })
 }
 
+/// The system identifier given, or the one of the data directory we run in.
+fn system_of(given: Option<String>) -> Result<String> {
+    match given {
+        Some(s) => Ok(s),
+        None => crate::postgres::system_identifier(std::path::Path::new(".")),
+    }
+}
+
 pub async fn wal(args: WalArgs, _config: Option<&Config>) -> ExitCode {
     let r = match args.cmd {
-        WalCmd::Push { path, repo } => match repo.open().await {
-            Ok(r) => crate::postgres::wal_push(&r, &path)
-                .await
-                .map(|_| ExitCode::SUCCESS),
-            Err(e) => Err(e),
-        },
+        WalCmd::Push {
+            path,
+            repo,
+            system_identifier,
+        } => {
+            async {
+                let system = system_of(system_identifier)?;
+                let r = repo.open().await?;
+                crate::postgres::wal_push(&r, &system, &path)
+                    .await
+                    .map(|_| ExitCode::SUCCESS)
+            }
+            .await
+        }
         WalCmd::Stream {
             repo,
             postgres,
@@ -596,6 +619,7 @@ pub async fn wal(args: WalArgs, _config: Option<&Config>) -> ExitCode {
                     spool,
                     upload_every: every,
                     status: status.clone(),
+                    system: Default::default(),
                 };
                 let cancel = tokio_util::sync::CancellationToken::new();
                 let stop = cancel.clone();
@@ -626,15 +650,23 @@ pub async fn wal(args: WalArgs, _config: Option<&Config>) -> ExitCode {
             }
             Err(e) => Err(e),
         },
-        WalCmd::Fetch { name, path, repo } => match repo.open().await {
-            Ok(r) => match crate::postgres::wal_fetch(&r, &name, &path).await {
-                Ok(true) => Ok(ExitCode::SUCCESS),
-                // PostgreSQL asks for files that do not exist yet; a quiet 1 is the answer.
-                Ok(false) => Ok(ExitCode::from(1)),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        },
+        WalCmd::Fetch {
+            name,
+            path,
+            repo,
+            system_identifier,
+        } => {
+            async {
+                let system = system_of(system_identifier)?;
+                let r = repo.open().await?;
+                match crate::postgres::wal_fetch(&r, &system, &name, &path).await? {
+                    true => Ok(ExitCode::SUCCESS),
+                    // PostgreSQL asks for files that do not exist yet; a quiet 1 is the answer.
+                    false => Ok(ExitCode::from(1)),
+                }
+            }
+            .await
+        }
     };
     r.unwrap_or_else(|e| fail(&e))
 }

@@ -193,7 +193,7 @@ fn redact(conninfo: &str) -> String {
         .join(" ")
 }
 
-async fn server_facts(conninfo: &str) -> Result<(String, u64)> {
+pub(crate) async fn server_facts(conninfo: &str) -> Result<(String, u64)> {
     let fail = |e: tokio_postgres::Error| Error::Command {
         what: format!("connecting to {}", redact(conninfo)),
         detail: e.to_string(),
@@ -235,26 +235,50 @@ pub(crate) fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)>
     Some((tli, log * (0x1_0000_0000u64 / segment_size) + seg))
 }
 
-pub fn wal_key(name: &str) -> String {
-    format!("wal/{name}")
+/// WAL lives under the cluster's system identifier, so one repository can hold the WAL of
+/// several databases (whose segment names are the same).
+pub fn wal_key(system: &str, name: &str) -> String {
+    format!("wal/{system}/{name}")
+}
+
+/// The system identifier in `pg_control` of the data directory `data_dir`: its first 8 bytes.
+pub fn system_identifier(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("global/pg_control");
+    let bytes = std::fs::read(&path).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read {} ({e}): run from the data directory (archive_command and restore_command do) or pass --system-identifier",
+            path.display()
+        ))
+    })?;
+    let id: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Error::corrupt(format!("{} is too short", path.display())))?;
+    Ok(u64::from_le_bytes(id).to_string())
 }
 
 /// `lifeboat wal push PATH`: stores a WAL file. Pushing the same content again succeeds (as
 /// PostgreSQL expects after a crash); different content under the same name is refused.
-pub async fn wal_push(repo: &Repo, path: &Path) -> Result<()> {
+pub async fn wal_push(repo: &Repo, system: &str, path: &Path) -> Result<()> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| Error::Invalid(format!("{} is not a WAL file path", path.display())))?
         .to_string();
     let data = tokio::fs::read(path).await.map_err(Error::io(path))?;
-    wal_store(repo, &name, data, false).await
+    wal_store(repo, system, &name, data, false).await
 }
 
 /// Stores WAL file `name`. An existing object with the same content is left alone; with
 /// other content it is replaced only when `replace` (a `.partial` that grew).
-pub async fn wal_store(repo: &Repo, name: &str, data: Vec<u8>, replace: bool) -> Result<()> {
-    let key = wal_key(name);
+pub async fn wal_store(
+    repo: &Repo,
+    system: &str,
+    name: &str,
+    data: Vec<u8>,
+    replace: bool,
+) -> Result<()> {
+    let key = wal_key(system, name);
     if !replace {
         if let Some(existing) = repo.storage.get(&key).await? {
             if repo.key.open_unbounded(&existing)? == data {
@@ -275,12 +299,12 @@ pub async fn wal_store(repo: &Repo, name: &str, data: Vec<u8>, replace: bool) ->
 
 /// `lifeboat wal fetch NAME PATH`: writes a WAL file where PostgreSQL asks. A segment that was
 /// only streamed so far is served from its `.partial` copy. `Ok(false)` when there is none.
-pub async fn wal_fetch(repo: &Repo, name: &str, to: &Path) -> Result<bool> {
-    let mut found = repo.storage.get(&wal_key(name)).await?;
+pub async fn wal_fetch(repo: &Repo, system: &str, name: &str, to: &Path) -> Result<bool> {
+    let mut found = repo.storage.get(&wal_key(system, name)).await?;
     if found.is_none() && parse_segment(name, 16 * 1024 * 1024).is_some() {
         found = repo
             .storage
-            .get(&wal_key(&format!("{name}.partial")))
+            .get(&wal_key(system, &format!("{name}.partial")))
             .await?;
     }
     let Some(sealed) = found else {
@@ -373,13 +397,14 @@ pub async fn restore_pitr(
     progress.finish();
 
     // The WAL it needs.
-    let listed = repo.storage.list("wal/").await?;
+    let prefix = format!("wal/{}/", pg.system_identifier);
+    let listed = repo.storage.list(&prefix).await?;
     let (_, start_seg) = parse_segment(&pg.start_wal, pg.wal_segment_size)
         .ok_or_else(|| Error::corrupt(format!("bad start segment {}", pg.start_wal)))?;
     let mut segments: Vec<(u64, u32, String, String, OffsetDateTime)> = Vec::new();
     let mut wanted: Vec<(String, String)> = Vec::new();
     for l in &listed {
-        let name = l.key.trim_start_matches("wal/");
+        let name = l.key.trim_start_matches(&prefix);
         if name.ends_with(".history") {
             wanted.push((l.key.clone(), name.to_string()));
             continue;
@@ -394,7 +419,11 @@ pub async fn restore_pitr(
         if tli < pg.timeline || seg < start_seg {
             continue;
         }
-        if partial && listed.iter().any(|o| o.key == wal_key(base_name)) {
+        if partial
+            && listed
+                .iter()
+                .any(|o| o.key == wal_key(&pg.system_identifier, base_name))
+        {
             continue;
         }
         segments.push((

@@ -143,33 +143,36 @@ async fn prune_locked(
         .collect();
     report.bytes_freed += unindexed.iter().map(|(_, s)| s).sum::<u64>();
 
-    // WAL older than the start of the oldest kept base backup is needed by none of them. With
-    // no base backup kept, no WAL is deleted.
-    let floor = snaps
-        .iter()
-        .zip(&keep)
-        .filter(|(_, k)| **k)
-        .filter_map(|((_, s), _)| s.postgres.as_ref())
-        .filter_map(|pg| {
-            parse_segment(&pg.start_wal, pg.wal_segment_size)
-                .map(|(_, seg)| (seg, pg.wal_segment_size))
-        })
-        .min();
-    let wal_doomed: Vec<String> = match floor {
-        None => Vec::new(),
-        Some((floor, size)) => repo
-            .storage
-            .list("wal/")
-            .await?
-            .into_iter()
-            .filter(|l| {
-                let name = l.key.trim_start_matches("wal/");
-                let segment = name.strip_suffix(".partial").unwrap_or(name);
-                parse_segment(segment, size).is_some_and(|(_, seg)| seg < floor)
+    // WAL older than the start of the oldest kept base backup of its cluster is needed by none
+    // of them. A cluster with no base backup kept keeps all its WAL.
+    let mut floors: HashMap<&str, (u64, u64)> = HashMap::new();
+    for ((_, s), k) in snaps.iter().zip(&keep) {
+        let Some(pg) = s.postgres.as_ref().filter(|_| *k) else {
+            continue;
+        };
+        if let Some((_, seg)) = parse_segment(&pg.start_wal, pg.wal_segment_size) {
+            let f = floors
+                .entry(pg.system_identifier.as_str())
+                .or_insert((seg, pg.wal_segment_size));
+            f.0 = f.0.min(seg);
+        }
+    }
+    let wal_doomed: Vec<String> = repo
+        .storage
+        .list("wal/")
+        .await?
+        .into_iter()
+        .filter(|l| {
+            let Some((system, name)) = l.key.trim_start_matches("wal/").split_once('/') else {
+                return false;
+            };
+            let segment = name.strip_suffix(".partial").unwrap_or(name);
+            floors.get(system).is_some_and(|(floor, size)| {
+                parse_segment(segment, *size).is_some_and(|(_, seg)| seg < *floor)
             })
-            .map(|l| l.key)
-            .collect(),
-    };
+        })
+        .map(|l| l.key)
+        .collect();
     report.wal_deleted = wal_doomed.len();
     report.packs_deleted = delete.len();
     report.packs_repacked = repack.len();

@@ -232,6 +232,7 @@ impl Scheduler {
             spool: w.spool_dir.clone(),
             upload_every: w.upload_every.get(),
             status,
+            system: Default::default(),
         })
     }
 

@@ -5,7 +5,7 @@
 //! A replication slot keeps the server from recycling WAL the streamer has not received.
 
 use crate::error::{Error, Result};
-use crate::postgres::{wal_key, wal_store};
+use crate::postgres::{server_facts, wal_key, wal_store};
 use crate::repo::Repo;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,8 @@ pub struct WalStreamer {
     pub spool: PathBuf,
     pub upload_every: Duration,
     pub status: Arc<WalStatus>,
+    /// The server's system identifier, which names its WAL in the repository (asked once).
+    pub system: std::sync::OnceLock<String>,
 }
 
 fn now_ms() -> u64 {
@@ -153,6 +155,13 @@ impl WalStreamer {
     /// Stores finished segments (then drops them from the spool), history files, and the
     /// segment in progress when it changed.
     async fn upload(&self, uploaded: &mut HashMap<String, (u64, SystemTime)>) -> Result<()> {
+        let system = match self.system.get() {
+            Some(s) => s.clone(),
+            None => {
+                let (id, _) = server_facts(&self.conninfo).await?;
+                self.system.get_or_init(|| id).clone()
+            }
+        };
         let started = now_ms();
         let mut names: Vec<String> = std::fs::read_dir(&self.spool)
             .map_err(Error::io(&self.spool))?
@@ -166,10 +175,13 @@ impl WalStreamer {
                 if uploaded.contains_key(&name) {
                     continue;
                 }
-                store_file(&self.repo, &path, &name).await?;
+                store_file(&self.repo, &system, &path, &name).await?;
                 if finished {
                     let partial = format!("{name}.partial");
-                    self.repo.storage.delete(&wal_key(&partial)).await?;
+                    self.repo
+                        .storage
+                        .delete(&wal_key(&system, &partial))
+                        .await?;
                     uploaded.remove(&partial);
                     self.status.segments_stored.fetch_add(1, Ordering::Relaxed);
                     std::fs::remove_file(&path).map_err(Error::io(&path))?;
@@ -182,7 +194,7 @@ impl WalStreamer {
                 if uploaded.get(&name) == Some(&stamp) {
                     continue;
                 }
-                store_file(&self.repo, &path, &name).await?;
+                store_file(&self.repo, &system, &path, &name).await?;
                 uploaded.insert(name, stamp);
             }
         }
@@ -191,7 +203,7 @@ impl WalStreamer {
     }
 }
 
-async fn store_file(repo: &Repo, path: &Path, name: &str) -> Result<()> {
+async fn store_file(repo: &Repo, system: &str, path: &Path, name: &str) -> Result<()> {
     let data = tokio::fs::read(path).await.map_err(Error::io(path))?;
-    wal_store(repo, name, data, true).await
+    wal_store(repo, system, name, data, true).await
 }

@@ -39,6 +39,7 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
         spool: dir.path().join("spool"),
         upload_every: Duration::from_millis(200),
         status: status.clone(),
+        system: Default::default(),
     };
     let cancel = CancellationToken::new();
     let task = tokio::spawn(streamer.run(cancel.clone()));
@@ -90,11 +91,12 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
     };
     base_backup(&repo, &conninfo, opts(), &Progress::hidden()).await?;
     // Archive every finished segment through wal push, as archive_command would.
+    let system = lifeboat_backup::postgres::system_identifier(&dir.path().join("pg"))?;
     let push_all = || async {
         for e in std::fs::read_dir(dir.path().join("pg/pg_wal"))? {
             let p = e?.path();
             if p.file_name().is_some_and(|n| n.len() == 24) {
-                lifeboat_backup::postgres::wal_push(&repo, &p).await?;
+                lifeboat_backup::postgres::wal_push(&repo, &system, &p).await?;
             }
         }
         anyhow::Ok(())

@@ -267,16 +267,27 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
 
     // wal fetch gives back what was pushed; a second push of the same file is fine, of other
     // content under the same name refused; an unknown name is a quiet exit 1.
+    // PostgreSQL runs these in the data directory, where pg_control names the cluster.
+    let data = dir.path().join("pg");
     let fetched = dir.path().join("fetched");
     ok(lb(repo, &[], &["wal", "fetch", &last])
         .arg(&fetched)
+        .current_dir(&data)
         .output()?)?;
-    let original = dir.path().join("pg/pg_wal").join(&last);
+    let original = data.join("pg_wal").join(&last);
     assert_eq!(std::fs::read(&fetched)?, std::fs::read(&original)?);
-    ok(lb(repo, &[], &["wal", "push"]).arg(&original).output()?)?;
+    let system = lifeboat_backup::postgres::system_identifier(&data)?;
+    ok(
+        lb(repo, &[], &["wal", "push", "--system-identifier", &system])
+            .arg(&original)
+            .output()?,
+    )?;
     let forged = dir.path().join(&last);
     std::fs::write(&forged, b"not the same")?;
-    let out = lb(repo, &[], &["wal", "push"]).arg(&forged).output()?;
+    let out = lb(repo, &[], &["wal", "push"])
+        .arg(&forged)
+        .current_dir(&data)
+        .output()?;
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("already archived"),
@@ -285,8 +296,19 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     );
     let out = lb(repo, &[], &["wal", "fetch", "0000000100000000000000FF"])
         .arg(&fetched)
+        .current_dir(&data)
         .output()?;
     assert_eq!(out.status.code(), Some(1));
+    let out = lb(repo, &[], &["wal", "push"])
+        .arg(&original)
+        .current_dir(dir.path())
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("pass --system-identifier"),
+        "{}",
+        stderr(&out)
+    );
 
     let at = target.format(&time::format_description::well_known::Rfc3339)?;
     let to = dir.path().join("at-target");
