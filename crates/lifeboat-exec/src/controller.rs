@@ -400,9 +400,11 @@ impl Controller {
         // started before the plan ended. Routing and bookkeeping steps change no server, and
         // their facts still bound data loss. After a change of synchronous standbys the old
         // facts would call a standby synchronous when it no longer is: until a fresh probe,
-        // a failover must not rely on them.
+        // a failover must not rely on them. Steps that did not run, or could not reach their
+        // node, changed nothing: what was known of it still holds (a primary lost while a
+        // step tried to reach it keeps the last WAL position seen).
         let ended = now();
-        for s in &plan.steps {
+        for s in &ex.touched {
             if matches!(
                 s,
                 Step::Promote { .. }

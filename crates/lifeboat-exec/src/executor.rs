@@ -38,6 +38,10 @@ pub struct Execution {
     pub figures: Figures,
     /// The step that failed or ended unknown, with its detail.
     pub problem: Option<String>,
+    /// Steps (compensations included) that may have changed a server: all that ran, but for
+    /// those that could not reach their node. What the controller knew of those servers is
+    /// stale now.
+    pub touched: Vec<Step>,
 }
 
 /// Known before the plan runs, for the incident's figures.
@@ -53,6 +57,8 @@ enum StepResult {
     Ok(String),
     Failed(String),
     Unknown(String),
+    /// Failed before reaching its node: nothing changed (recorded as failed).
+    Unreached(String),
 }
 
 pub struct Executor {
@@ -81,10 +87,22 @@ impl Executor {
     /// Runs `plan` to the end, or compensates it when it fails before its point of no return.
     pub async fn run(&self, plan: &Plan, state: &mut ControllerState, ctx: Context) -> Execution {
         let span = tracing::info_span!("plan", kind = plan.kind.as_str(), epoch = plan.epoch);
-        self.run_inner(plan, state, ctx).instrument(span).await
+        let mut touched = Vec::new();
+        let mut ex = self
+            .run_inner(plan, state, ctx, &mut touched)
+            .instrument(span)
+            .await;
+        ex.touched = touched;
+        ex
     }
 
-    async fn run_inner(&self, plan: &Plan, state: &mut ControllerState, ctx: Context) -> Execution {
+    async fn run_inner(
+        &self,
+        plan: &Plan,
+        state: &mut ControllerState,
+        ctx: Context,
+        touched: &mut Vec<Step>,
+    ) -> Execution {
         let fault = plan.fault_at.unwrap_or(ctx.decided_at);
         let mut figures = Figures {
             fault_at_ms: plan.fault_at.map(|m| m.0),
@@ -152,9 +170,12 @@ impl Executor {
             let ended = now();
             let (outcome, detail) = match &result {
                 StepResult::Ok(d) => (Outcome::Ok, d.clone()),
-                StepResult::Failed(d) => (Outcome::Failed, d.clone()),
+                StepResult::Failed(d) | StepResult::Unreached(d) => (Outcome::Failed, d.clone()),
                 StepResult::Unknown(d) => (Outcome::Unknown, d.clone()),
             };
+            if !matches!(result, StepResult::Unreached(_)) {
+                touched.push(step.clone());
+            }
             info!(
                 step = step.name(),
                 node = step.node(),
@@ -180,7 +201,7 @@ impl Executor {
                         let _ = self.store.update_figures(i, &figures);
                     }
                 }
-                StepResult::Failed(d) | StepResult::Unknown(d) => {
+                StepResult::Failed(d) | StepResult::Unknown(d) | StepResult::Unreached(d) => {
                     let problem = format!("{} {}: {d}", step.name(), step.node());
                     // Never roll back a promotion that may have happened: keep the plan in
                     // flight so the next loop carries it forward.
@@ -188,7 +209,7 @@ impl Executor {
                     if keep {
                         warn!(%problem, "plan stalled after its point of no return; it stays in flight");
                     } else {
-                        self.compensate(plan, &done, state, incident).await;
+                        self.compensate(plan, &done, state, incident, touched).await;
                     }
                     return self.finish(
                         plan,
@@ -247,6 +268,7 @@ impl Executor {
             incident,
             figures,
             problem,
+            touched: Vec::new(),
         }
     }
 
@@ -256,6 +278,7 @@ impl Executor {
         done: &[&Step],
         state: &mut ControllerState,
         incident: Option<i64>,
+        touched: &mut Vec<Step>,
     ) {
         for step in done.iter().rev() {
             let Some(undo) = step.compensation(plan.epoch) else {
@@ -274,9 +297,12 @@ impl Executor {
                     .ok()
             });
             let r = self.step(plan, &undo, state).await;
+            if !matches!(r, StepResult::Unreached(_)) {
+                touched.push(undo.clone());
+            }
             let (outcome, detail) = match r {
                 StepResult::Ok(d) => (Outcome::Compensated, d),
-                StepResult::Failed(d) => (Outcome::Failed, d),
+                StepResult::Failed(d) | StepResult::Unreached(d) => (Outcome::Failed, d),
                 StepResult::Unknown(d) => (Outcome::Unknown, d),
             };
             info!(
@@ -355,6 +381,8 @@ impl Executor {
                 let value = lifeboat_core::plan::sync_names_value(names);
                 match pg::set_synchronous_standby_names(&n.conn, &value, t.fence).await {
                     Ok(()) => StepResult::Ok(format!("synchronous_standby_names = '{value}'")),
+                    // Only the connection before the change reports a connect error.
+                    Err(e @ pg::PgError::Connect { .. }) => StepResult::Unreached(e.to_string()),
                     Err(e) => StepResult::Failed(e.to_string()),
                 }
             }

@@ -341,7 +341,13 @@ pub async fn set_synchronous_standby_names(
         )
         .await?;
         loop {
-            let c = connect(conn, timeout).await?;
+            // Past the change: a failure here is not a connect error, the outcome is unknown.
+            let c = connect(conn, timeout).await.map_err(|e| PgError::Query {
+                what: WHAT,
+                target: conn.to_string(),
+                reason: format!("changed, then could not check the new value: {e}"),
+                sqlstate: e.sqlstate().map(str::to_owned),
+            })?;
             let now: String = c
                 .query_one("SELECT current_setting('synchronous_standby_names')", &[])
                 .await

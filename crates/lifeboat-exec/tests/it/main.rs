@@ -1,4 +1,7 @@
-//! The endpoint router and the region checks over real sockets on loopback.
+//! The endpoint router and the region checks over real sockets on loopback, and the executor
+//! against a real PostgreSQL.
+
+mod executor;
 
 use lifeboat_exec::{checks, Route, Router};
 use std::net::SocketAddr;
