@@ -6,9 +6,11 @@
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::pack::{pack_key, Index, IndexFile, PackedBlob};
+use crate::postgres::{parse_lsn, stored_segments, wal_gaps, wal_key};
 use crate::progress::Progress;
-use crate::repo::{Repo, PACKS_IN_FLIGHT};
+use crate::repo::{Repo, PACKS_IN_FLIGHT, PARALLEL_IO};
 use crate::restorer::for_each_node;
+use crate::snapshot::{format_time, Snapshot};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -19,6 +21,10 @@ pub struct VerifyReport {
     pub packs: usize,
     pub blobs: usize,
     pub packs_read: usize,
+    /// WAL segments stored (finished or in progress), and how many WAL files were read.
+    pub wal_files: usize,
+    pub wal_files_read: usize,
+    pub groups: usize,
     pub bytes_read: u64,
     /// Problems that make data unrestorable.
     pub errors: Vec<String>,
@@ -205,7 +211,115 @@ pub async fn verify(
                 .insert(id.hex(), damaged.into_iter().collect());
         }
     }
+    verify_wal(repo, &snaps, read_data, subset_percent, &mut report).await?;
+    verify_groups(repo, &snaps, &mut report).await?;
     Ok(report)
+}
+
+/// The WAL of each database with base backups: no hole from the end of its oldest base
+/// backup to its newest stored segment (a hole ends every replay there), and with
+/// `read_data` every WAL file opens.
+async fn verify_wal(
+    repo: &Repo,
+    snaps: &[(Id, Snapshot)],
+    read_data: bool,
+    subset_percent: f64,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let listed = repo.storage.list("wal/").await?;
+    // system identifier -> (segment size, the segment after its oldest base backup's end:
+    // a base backup holds its own WAL up to there)
+    let mut clusters: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for pg in snaps.iter().filter_map(|(_, s)| s.postgres.as_ref()) {
+        let Some(end) = parse_lsn(&pg.end_lsn) else {
+            continue;
+        };
+        let c = clusters
+            .entry(pg.system_identifier.as_str())
+            .or_insert((pg.wal_segment_size, u64::MAX));
+        c.1 = c.1.min(end / pg.wal_segment_size + 1);
+    }
+    for (system, (size, from)) in &clusters {
+        let prefix = format!("wal/{system}/");
+        let names = listed.iter().filter_map(|l| l.key.strip_prefix(&prefix));
+        let stored = stored_segments(names, *size);
+        report.wal_files += stored.len();
+        if let Some((&last, _)) = stored.last_key_value() {
+            for gap in wal_gaps(&stored, *from, last, *size) {
+                report.errors.push(format!(
+                    "WAL of database {system}: {gap} missing; no point-in-time restore past it from the base backups before it"
+                ));
+            }
+        }
+    }
+    if read_data {
+        let chosen: Vec<&str> = listed
+            .iter()
+            .map(|l| l.key.as_str())
+            .filter(|k| in_subset(&Id::of_stored(k.as_bytes()), subset_percent))
+            .collect();
+        let mut reads = futures::stream::iter(chosen)
+            .map(|key| async move {
+                let r = match repo.storage.get_required(key).await {
+                    Ok(sealed) => {
+                        let n = sealed.len() as u64;
+                        repo.key.open_unbounded(&sealed).map(|_| n)
+                    }
+                    Err(e) => Err(e),
+                };
+                (key, r)
+            })
+            .buffer_unordered(PARALLEL_IO);
+        while let Some((key, r)) = reads.next().await {
+            match r {
+                Ok(n) => {
+                    report.wal_files_read += 1;
+                    report.bytes_read += n;
+                }
+                Err(e) => report.errors.push(format!("{key}: {e}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every group record names snapshots that exist, and the WAL with each restore point.
+async fn verify_groups(
+    repo: &Repo,
+    snaps: &[(Id, Snapshot)],
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let groups = match crate::group::groups(repo).await {
+        Ok(g) => g,
+        Err(e) => {
+            report.errors.push(format!("group records: {e}"));
+            return Ok(());
+        }
+    };
+    report.groups = groups.len();
+    for (_, g) in &groups {
+        let name = format!("group {} ({})", g.label, format_time(g.time));
+        for m in &g.members {
+            let Some((_, snap)) = snaps.iter().find(|(id, _)| *id == m.snapshot) else {
+                report.errors.push(format!(
+                    "{name}: the snapshot {} of {} is missing, so the group cannot be restored",
+                    m.snapshot.short(),
+                    m.source
+                ));
+                continue;
+            };
+            if let (Some(seg), Some(pg)) = (&m.wal_segment, &snap.postgres) {
+                let key = wal_key(&pg.system_identifier, seg);
+                if repo.storage.size(&key).await?.is_none() {
+                    report.errors.push(format!(
+                        "{name}: {}'s WAL {seg} with the restore point is missing",
+                        m.source
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn in_subset(id: &Id, percent: f64) -> bool {

@@ -3,20 +3,25 @@
 
 use crate::archiver::{backup_paths, BackupOptions};
 use crate::error::{Error, Result};
+use crate::group::{GroupOptions, Member};
 use crate::progress::Progress;
-use crate::repo::{passphrase, Repo};
+use crate::repo::{passphrase_from, Repo};
+use crate::restore_test::TestRecord;
+use crate::scheduler::Scheduler;
 use crate::snapshot::short_time;
 use crate::storage::Storage;
-use lifeboat_config::{Config, Retention};
-use std::path::PathBuf;
+use lifeboat_config::{BackupConfig, Config, Retention};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RepoArgs {
-    /// Repository: a directory or s3://BUCKET/PREFIX (S3 settings from the AWS_* variables).
+    /// Repository: a directory, s3://BUCKET/PREFIX (S3 settings from the AWS_* variables), or
+    /// the name of one under [backup.repositories] in the config. Default: the config's only
+    /// repository.
     #[arg(long, env = "LIFEBOAT_REPO")]
-    pub repo: String,
-    /// File holding the passphrase (otherwise LIFEBOAT_PASSWORD).
+    pub repo: Option<String>,
+    /// File holding the passphrase (otherwise the config's, or LIFEBOAT_PASSWORD).
     #[arg(long, env = "LIFEBOAT_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
     /// Print JSON on stdout instead of text.
@@ -24,10 +29,82 @@ pub struct RepoArgs {
     pub json: bool,
 }
 
-impl RepoArgs {
+/// A repository's location, its name in the config if it has one, and its passphrase source.
+struct Resolved {
+    location: String,
+    name: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: String,
+}
+
+impl Resolved {
+    fn passphrase(&self) -> Result<Vec<u8>> {
+        passphrase_from(
+            self.password_file.as_deref(),
+            &self.password_env,
+            &self.location,
+        )
+    }
+
     async fn open(&self) -> Result<Repo> {
-        let pass = passphrase(self.password_file.as_deref(), &self.repo)?;
-        Repo::open(Storage::open(&self.repo, false)?, &pass).await
+        Repo::open(Storage::open(&self.location, false)?, &self.passphrase()?).await
+    }
+}
+
+/// `which` as the name or location of a repository of the config, else as a location;
+/// `password_file` (given on the command line) wins over the config's passphrase source.
+fn resolve(which: &str, password_file: Option<&Path>, config: Option<&BackupConfig>) -> Resolved {
+    let named = config.and_then(|c| {
+        c.repositories
+            .iter()
+            .find(|(name, r)| *name == which || r.location == which)
+    });
+    match named {
+        Some((name, r)) => Resolved {
+            location: r.location.clone(),
+            name: Some(name.clone()),
+            password_file: password_file
+                .map(Path::to_path_buf)
+                .or_else(|| r.password_file.clone()),
+            password_env: r
+                .password_env
+                .clone()
+                .unwrap_or_else(|| "LIFEBOAT_PASSWORD".into()),
+        },
+        None => Resolved {
+            location: which.to_string(),
+            name: None,
+            password_file: password_file.map(Path::to_path_buf),
+            password_env: "LIFEBOAT_PASSWORD".into(),
+        },
+    }
+}
+
+impl RepoArgs {
+    fn resolve(&self, config: Option<&BackupConfig>) -> Result<Resolved> {
+        if let Some(r) = &self.repo {
+            return Ok(resolve(r, self.password_file.as_deref(), config));
+        }
+        let names: Vec<&String> = config
+            .map(|c| c.repositories.keys().collect())
+            .unwrap_or_default();
+        match names.as_slice() {
+            [one] => Ok(resolve(one, self.password_file.as_deref(), config)),
+            [] => Err(Error::Invalid(
+                "name a repository: --repo PATH or s3://BUCKET/PREFIX (or LIFEBOAT_REPO)".into(),
+            )),
+            many => Err(Error::Invalid(format!(
+                "name a repository with --repo: the config defines {}",
+                many.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    async fn open(&self, config: Option<&BackupConfig>) -> Result<Repo> {
+        self.resolve(config)?.open().await
     }
 
     fn progress(&self) -> Progress {
@@ -73,7 +150,8 @@ enum BackupCmd {
         #[arg(long)]
         as_tier: Option<String>,
     },
-    /// Back up directories or files now.
+    /// Back up directories, files or a PostgreSQL server now; or, with only --tier, run that
+    /// tier of the config once (its sources, or its copy, then its retention).
     Run {
         #[command(flatten)]
         repo: RepoArgs,
@@ -84,33 +162,64 @@ enum BackupCmd {
         /// Read every file again instead of trusting size, time and inode (a full backup).
         #[arg(long)]
         full: bool,
-        #[arg(long, default_value = "manual")]
-        tier: String,
+        /// The snapshot's tier (default: manual); alone, a tier of the config to run.
+        #[arg(long)]
+        tier: Option<String>,
         #[arg(long = "tag")]
         tags: Vec<String>,
         /// Take a PostgreSQL base backup of this server (a libpq connection string).
         #[arg(long, value_name = "CONNINFO", conflicts_with = "paths")]
         postgres: Option<String>,
         /// Directories or files to back up.
-        #[arg(required_unless_present = "postgres")]
         paths: Vec<PathBuf>,
     },
-    /// List snapshots, oldest first.
+    /// Back up several databases and directories as one group with one restore point;
+    /// `lifeboat restore group LABEL` gives them back as of that point.
+    Group {
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// The group's label (letters, digits, '.', '_', '-').
+        label: String,
+        /// A database: NAME=CONNINFO (repeat). Its WAL must be archived into the repository.
+        #[arg(long = "postgres", value_name = "NAME=CONNINFO", value_parser = parse_member)]
+        postgres: Vec<(String, String)>,
+        /// A directory: NAME=PATH (repeat).
+        #[arg(long = "dir", value_name = "NAME=PATH", value_parser = parse_member)]
+        dirs: Vec<(String, String)>,
+        /// The snapshots' tier (default: the label).
+        #[arg(long)]
+        tier: Option<String>,
+        /// Read every file of the directories again.
+        #[arg(long)]
+        full: bool,
+        /// How long to wait for each database's WAL with the restore point to be archived.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        wal_wait: std::time::Duration,
+    },
+    /// List snapshots (oldest first) and groups; with --tests, the recorded test restores.
     List {
         #[command(flatten)]
         repo: RepoArgs,
+        #[arg(long)]
+        tests: bool,
     },
-    /// Check the repository's structure, and with --read-data every byte.
+    /// Check the repository's structure and WAL, with --read-data every byte, and with
+    /// --restore-test run the config's test restore once.
     Verify {
         #[command(flatten)]
         repo: RepoArgs,
         #[arg(long)]
         read_data: bool,
-        /// Read only this share of the packs, e.g. 10%.
+        /// Read only this share of the packs and WAL, e.g. 10%.
         #[arg(long, value_parser = parse_percent, requires = "read_data")]
         subset: Option<f64>,
+        /// Also restore the newest PostgreSQL backup into a scratch server and query it, as
+        /// [backup.restore-test] in the config says; the result is recorded.
+        #[arg(long)]
+        restore_test: bool,
     },
-    /// Forget snapshots no keep rule keeps and reclaim their space.
+    /// Forget snapshots no keep rule keeps and reclaim their space. The rules: the --keep-*
+    /// flags for every snapshot, or else the `keep` of each config tier stored here.
     Prune {
         #[command(flatten)]
         repo: RepoArgs,
@@ -137,6 +246,13 @@ struct KeepArgs {
     keep_yearly: u32,
 }
 
+fn parse_member(s: &str) -> std::result::Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, v)) if !n.is_empty() && !v.is_empty() => Ok((n.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
+}
+
 fn parse_percent(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s
         .trim_end_matches('%')
@@ -156,6 +272,8 @@ pub struct RestoreArgs {
     /// Snapshot id (or a unique prefix, or `latest`), or `postgres` for a point-in-time
     /// restore of PostgreSQL.
     snapshot: String,
+    /// With `group`: the group's label.
+    label: Option<String>,
     /// PostgreSQL: recover up to this time (RFC 3339, or `YYYY-MM-DD HH:MM:SS` in UTC).
     #[arg(long, conflicts_with = "lsn")]
     at: Option<String>,
@@ -165,6 +283,10 @@ pub struct RestoreArgs {
     /// PostgreSQL: restore base backups of this source only.
     #[arg(long)]
     source: Option<String>,
+    /// PostgreSQL: start from this base backup (an id prefix) instead of the newest one that
+    /// ends before the target, e.g. when verify found that one damaged.
+    #[arg(long)]
+    base: Option<String>,
     #[command(flatten)]
     repo: RepoArgs,
     /// Directory to restore into.
@@ -220,17 +342,19 @@ enum WalCmd {
     },
 }
 
-/// A second repository; its passphrase from `file`, else the first one's.
-async fn open_other(
-    location: &str,
-    file: Option<&std::path::Path>,
+/// A second repository (`--to`, `--from-repo`): its passphrase from `file`, else from the
+/// config when it names it there, else the first one's.
+fn other(
+    which: &str,
+    file: Option<&Path>,
     first: &RepoArgs,
-) -> Result<Repo> {
-    let pass = match file {
-        Some(f) => passphrase(Some(f), location)?,
-        None => passphrase(first.password_file.as_deref(), location)?,
-    };
-    Repo::open(Storage::open(location, false)?, &pass).await
+    config: Option<&BackupConfig>,
+) -> Resolved {
+    let mut r = resolve(which, file, config);
+    if r.name.is_none() && r.password_file.is_none() {
+        r.password_file = first.password_file.clone();
+    }
+    r
 }
 
 fn fail(e: &Error) -> ExitCode {
@@ -242,27 +366,41 @@ fn print_json<T: serde::Serialize>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
 }
 
-pub async fn backup(args: BackupArgs, _config: Option<&Config>) -> ExitCode {
-    match run_backup(args).await {
+fn bytes(n: u64) -> String {
+    lifeboat_config::format_bytes(n)
+}
+
+pub async fn backup(args: BackupArgs, config: Option<&Config>) -> ExitCode {
+    match run_backup(args, config).await {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
 }
 
-async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
+fn scheduler(config: Option<&Config>, why: &str) -> Result<Scheduler> {
+    config.and_then(Scheduler::new).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{why} needs a config with a [backup] section (-c FILE)"
+        ))
+    })
+}
+
+async fn run_backup(args: BackupArgs, config: Option<&Config>) -> Result<ExitCode> {
+    let backup_config = config.and_then(|c| c.backup.as_ref());
     match args.cmd {
         BackupCmd::Init {
             repo,
             from_repo,
             from_password_file,
         } => {
-            let pass = passphrase(repo.password_file.as_deref(), &repo.repo)?;
-            let storage = Storage::open(&repo.repo, true)?;
+            let target = repo.resolve(backup_config)?;
+            let pass = target.passphrase()?;
+            let storage = Storage::open(&target.location, true)?;
             let r = match from_repo {
                 None => Repo::init(storage, &pass).await?,
                 Some(from) => {
-                    let other = open_other(&from, from_password_file.as_deref(), &repo).await?;
-                    Repo::init_like(storage, &pass, &other).await?
+                    let from = other(&from, from_password_file.as_deref(), &repo, backup_config);
+                    Repo::init_like(storage, &pass, &from.open().await?).await?
                 }
             };
             if repo.json {
@@ -280,7 +418,10 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
             postgres,
             paths,
         } => {
-            let r = repo.open().await?;
+            if postgres.is_none() && paths.is_empty() {
+                return run_configured_tier(config, tier.as_deref(), repo.json).await;
+            }
+            let r = repo.open(backup_config).await?;
             let kind = if postgres.is_some() {
                 "postgres"
             } else {
@@ -288,7 +429,7 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
             };
             let opts = BackupOptions {
                 source: source.unwrap_or_else(|| kind.to_string()),
-                tier,
+                tier: tier.unwrap_or_else(|| "manual".into()),
                 tags,
                 group: None,
                 full,
@@ -302,17 +443,10 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
             if repo.json {
                 print_json(&serde_json::json!({ "id": id.hex(), "snapshot": s }));
             } else {
-                let m = &s.summary;
                 println!(
-                    "snapshot {} saved: {} files, {} dirs, {} ({} read, {} new blobs, {} stored) in {:.1} s",
+                    "snapshot {} saved: {}",
                     id.short(),
-                    m.files,
-                    m.dirs,
-                    lifeboat_config::format_bytes(m.bytes),
-                    lifeboat_config::format_bytes(m.bytes_read),
-                    m.new_blobs,
-                    lifeboat_config::format_bytes(m.new_stored_bytes),
-                    m.duration_s
+                    describe_summary(&s.summary)
                 );
             }
         }
@@ -323,102 +457,98 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
             source,
             as_tier,
         } => {
-            let from = repo.open().await?;
-            let target = open_other(&to, to_password_file.as_deref(), &repo).await?;
+            let from = repo.open(backup_config).await?;
+            let target = other(&to, to_password_file.as_deref(), &repo, backup_config)
+                .open()
+                .await?;
             let select =
                 |s: &crate::snapshot::Snapshot| source.as_ref().is_none_or(|src| &s.source == src);
             let report = crate::copy::copy(&from, &target, &select, as_tier.as_deref()).await?;
             if repo.json {
                 print_json(&report);
             } else {
+                println!("{}", describe_copy(&report, target.location()));
+            }
+        }
+        BackupCmd::Group {
+            repo,
+            label,
+            postgres,
+            dirs,
+            tier,
+            full,
+            wal_wait,
+        } => {
+            let r = repo.open(backup_config).await?;
+            let members: Vec<Member> = postgres
+                .into_iter()
+                .map(|(name, conninfo)| Member::Postgres { name, conninfo })
+                .chain(dirs.into_iter().map(|(name, p)| Member::Directory {
+                    name,
+                    paths: vec![PathBuf::from(p)],
+                }))
+                .collect();
+            let opts = GroupOptions {
+                tier: tier.unwrap_or_else(|| label.clone()),
+                label,
+                full,
+                wal_wait,
+            };
+            let (id, g) = crate::group::backup_group(&r, &members, &opts).await?;
+            if repo.json {
+                print_json(&serde_json::json!({ "id": id.hex(), "group": g }));
+            } else {
                 println!(
-                    "copied {} snapshot(s) to {} ({} already there): {} blob(s), {} sent",
-                    report.copied.len(),
-                    target.location(),
-                    report.already_there,
-                    report.blobs_sent,
-                    lifeboat_config::format_bytes(report.bytes_sent)
+                    "group {} ({}) saved: {} member(s); the databases' restore points lie within {:.1} ms",
+                    g.label,
+                    id.short(),
+                    g.members.len(),
+                    g.spread_ms
                 );
             }
         }
-        BackupCmd::List { repo } => {
-            let r = repo.open().await?;
-            let snaps = r.snapshots().await?;
-            if repo.json {
-                let v: Vec<_> = snaps
-                    .iter()
-                    .map(|(id, s)| serde_json::json!({ "id": id.hex(), "snapshot": s }))
-                    .collect();
-                print_json(&v);
+        BackupCmd::List { repo, tests } => {
+            let r = repo.open(backup_config).await?;
+            if tests {
+                list_tests(&r, repo.json).await?;
             } else {
-                println!(
-                    "{:<10} {:<20} {:<12} {:<10} {:>10}  ROOTS",
-                    "ID", "TIME (UTC)", "SOURCE", "TIER", "SIZE"
-                );
-                for (id, s) in &snaps {
-                    println!(
-                        "{:<10} {:<20} {:<12} {:<10} {:>10}  {}",
-                        id.short(),
-                        short_time(s.time),
-                        s.source,
-                        s.tier,
-                        lifeboat_config::format_bytes(s.summary.bytes),
-                        s.roots.join(" ")
-                    );
-                }
-                println!("{} snapshot(s)", snaps.len());
+                list(&r, repo.json).await?;
             }
         }
         BackupCmd::Verify {
             repo,
             read_data,
             subset,
+            restore_test,
         } => {
-            let r = repo.open().await?;
+            let r = repo.open(backup_config).await?;
             let report =
                 crate::check::verify(&r, read_data, subset.unwrap_or(100.0), &repo.progress())
                     .await?;
+            let test = match restore_test {
+                true => Some(scheduler(config, "--restore-test")?.restore_test().await?),
+                false => None,
+            };
+            let ok = report.ok() && test.as_ref().is_none_or(|t| t.ok);
             if repo.json {
-                print_json(&report);
+                let mut v = serde_json::to_value(&report).expect("serializes");
+                v["restore_test"] = serde_json::to_value(&test).expect("serializes");
+                print_json(&v);
             } else {
-                println!(
-                    "{} snapshot(s), {} index file(s), {} pack(s), {} blob(s); {} pack(s) read ({})",
-                    report.snapshots,
-                    report.index_files,
-                    report.packs,
-                    report.blobs,
-                    report.packs_read,
-                    lifeboat_config::format_bytes(report.bytes_read)
-                );
-                for w in &report.warnings {
-                    println!("warning: {w}");
-                }
-                for e in &report.errors {
-                    println!("error: {e}");
-                }
-                for (snap, files) in &report.damaged {
-                    println!(
-                        "snapshot {} is damaged: {} file(s) cannot be restored whole:",
-                        &snap[..8],
-                        files.len()
-                    );
-                    for f in files.iter().take(20) {
-                        println!("  {f}");
-                    }
-                    if files.len() > 20 {
-                        println!("  … and {} more (--json lists all)", files.len() - 20);
-                    }
+                print_verify(&report);
+                if let Some(t) = &test {
+                    println!("{}", describe_test(t));
                 }
                 println!(
                     "{}",
-                    if report.ok() {
+                    if ok {
                         "no errors found"
                     } else {
                         "the repository has errors"
                     }
                 );
             }
-            return Ok(if report.ok() {
+            return Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -429,7 +559,7 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
             dry_run,
             keep,
         } => {
-            let policy = Retention {
+            let flags = Retention {
                 last: keep.keep_last,
                 hourly: keep.keep_hourly,
                 daily: keep.keep_daily,
@@ -437,14 +567,24 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
                 monthly: keep.keep_monthly,
                 yearly: keep.keep_yearly,
             };
-            if policy.keeps_nothing() {
+            let target = repo.resolve(backup_config)?;
+            let tiers: std::collections::HashMap<String, Retention> =
+                match (&target.name, config.and_then(Scheduler::new)) {
+                    (Some(name), Some(s)) if flags.keeps_nothing() => s.retention_in(name),
+                    _ => Default::default(),
+                };
+            if flags.keeps_nothing() && tiers.is_empty() {
                 return Err(Error::Invalid(
-                    "prune needs at least one keep rule (e.g. --keep-last 7 --keep-daily 30)"
+                    "prune needs keep rules: --keep-last 7 --keep-daily 30 …, or a config whose tiers keep their snapshots in this repository"
                         .into(),
                 ));
             }
-            let r = repo.open().await?;
-            let report = crate::prune::prune(&r, &|_, _| Some(policy), dry_run).await?;
+            let r = target.open().await?;
+            let policy = |_: &str, tier: &str| match flags.keeps_nothing() {
+                true => tiers.get(tier).copied(),
+                false => Some(flags),
+            };
+            let report = crate::prune::prune(&r, &policy, dry_run).await?;
             if repo.json {
                 print_json(&report);
             } else {
@@ -453,14 +593,15 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
                     println!("forget {k}");
                 }
                 println!(
-                    "{verb} forget {} snapshot(s), keep {}; {verb} delete {} pack(s), repack {}, delete {} unindexed, {} WAL file(s); {} freed",
+                    "{verb} forget {} snapshot(s) and {} group(s), keep {}; {verb} delete {} pack(s), repack {}, delete {} unindexed, {} WAL file(s); {} freed",
                     report.forgotten.len(),
+                    report.groups_deleted,
                     report.kept.len(),
                     report.packs_deleted,
                     report.packs_repacked,
                     report.packs_unindexed_deleted,
                     report.wal_deleted,
-                    lifeboat_config::format_bytes(report.bytes_freed)
+                    bytes(report.bytes_freed)
                 );
             }
         }
@@ -468,23 +609,243 @@ async fn run_backup(args: BackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn restore(args: RestoreArgs, _config: Option<&Config>) -> ExitCode {
-    match run_restore(args).await {
+/// `lifeboat backup run --tier NAME`: one run of a tier of the config, as the daemon does it.
+async fn run_configured_tier(
+    config: Option<&Config>,
+    tier: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    let what =
+        "name what to back up: PATHS, --postgres CONNINFO, or --tier NAME of a tier in the config";
+    let Some(name) = tier else {
+        return Err(Error::Invalid(what.into()));
+    };
+    let s = scheduler(config, &format!("--tier {name} without paths"))?;
+    let Some(t) = s.config().tiers.get(name) else {
+        let known: Vec<&str> = s.config().tiers.keys().map(String::as_str).collect();
+        return Err(Error::Invalid(format!(
+            "no tier {name:?} in the config (tiers: {}); {what}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    };
+    let run = s.run_tier(name, t).await?;
+    if json {
+        print_json(&run);
+    } else {
+        for snap in &run.snapshots {
+            println!(
+                "{} {}: snapshot {} saved: {}",
+                run.tier,
+                snap.source,
+                &snap.id[..8],
+                describe_summary(&snap.summary)
+            );
+        }
+        if let Some((id, spread)) = &run.group {
+            println!(
+                "{}: group {} saved; the databases' restore points lie within {spread:.1} ms",
+                run.tier,
+                &id[..8]
+            );
+        }
+        if let Some(c) = &run.copy {
+            println!(
+                "{}: {}",
+                run.tier,
+                describe_copy(c, &t.copy_to.clone().unwrap_or_default())
+            );
+        }
+        if let Some(p) = &run.prune {
+            println!(
+                "{}: retention kept {}, forgot {} snapshot(s)",
+                run.tier,
+                p.kept.len(),
+                p.forgotten.len()
+            );
+        }
+        for (source, e) in &run.failures {
+            eprintln!("error: {} {source}: {e}", run.tier);
+        }
+    }
+    Ok(if run.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn describe_summary(m: &crate::snapshot::Summary) -> String {
+    format!(
+        "{} files, {} dirs, {} ({} read, {} new blobs, {} stored) in {:.1} s",
+        m.files,
+        m.dirs,
+        bytes(m.bytes),
+        bytes(m.bytes_read),
+        m.new_blobs,
+        bytes(m.new_stored_bytes),
+        m.duration_s
+    )
+}
+
+fn describe_copy(r: &crate::copy::CopyReport, to: &str) -> String {
+    format!(
+        "copied {} snapshot(s) to {to} ({} already there): {} blob(s), {} WAL file(s), {} group(s), {} sent",
+        r.copied.len(),
+        r.already_there,
+        r.blobs_sent,
+        r.wal_files_sent,
+        r.groups_copied,
+        bytes(r.bytes_sent)
+    )
+}
+
+fn describe_test(t: &TestRecord) -> String {
+    match &t.error {
+        None => format!(
+            "restore test of {} passed at {}: base backup {} restored in {:.1} s, started in {:.1} s, query gave {} row(s); {:.1} s in all",
+            t.source,
+            short_time(t.time),
+            t.base_snapshot.get(..8).unwrap_or("?"),
+            t.restore_s,
+            t.start_s,
+            t.rows,
+            t.total_s
+        ),
+        Some(e) => format!("restore test of {} FAILED at {}: {e}", t.source, short_time(t.time)),
+    }
+}
+
+async fn list(r: &Repo, json: bool) -> Result<()> {
+    let snaps = r.snapshots().await?;
+    let groups = crate::group::groups(r).await?;
+    if json {
+        let v: Vec<_> = snaps
+            .iter()
+            .map(|(id, s)| serde_json::json!({ "id": id.hex(), "snapshot": s }))
+            .collect();
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<20} {:<12} {:<10} {:>10}  ROOTS",
+        "ID", "TIME (UTC)", "SOURCE", "TIER", "SIZE"
+    );
+    for (id, s) in &snaps {
+        println!(
+            "{:<10} {:<20} {:<12} {:<10} {:>10}  {}",
+            id.short(),
+            short_time(s.time),
+            s.source,
+            s.tier,
+            bytes(s.summary.bytes),
+            s.roots.join(" ")
+        );
+    }
+    println!("{} snapshot(s)", snaps.len());
+    for (id, g) in &groups {
+        let members: Vec<&str> = g.members.iter().map(|m| m.source.as_str()).collect();
+        println!(
+            "group {} {} {}: {} (restore points within {:.1} ms)",
+            id.short(),
+            short_time(g.time),
+            g.label,
+            members.join(", "),
+            g.spread_ms
+        );
+    }
+    Ok(())
+}
+
+async fn list_tests(r: &Repo, json: bool) -> Result<()> {
+    let tests = crate::restore_test::records(r).await?;
+    if json {
+        print_json(&tests.iter().map(|(_, t)| t).collect::<Vec<_>>());
+        return Ok(());
+    }
+    for (_, t) in &tests {
+        println!("{}", describe_test(t));
+    }
+    let passed = tests.iter().filter(|(_, t)| t.ok).count();
+    println!("{} restore test(s), {passed} passed", tests.len());
+    Ok(())
+}
+
+fn print_verify(report: &crate::check::VerifyReport) {
+    println!(
+        "{} snapshot(s), {} group(s), {} index file(s), {} pack(s), {} blob(s), {} WAL segment(s); {} pack(s) and {} WAL file(s) read ({})",
+        report.snapshots,
+        report.groups,
+        report.index_files,
+        report.packs,
+        report.blobs,
+        report.wal_files,
+        report.packs_read,
+        report.wal_files_read,
+        bytes(report.bytes_read)
+    );
+    for w in &report.warnings {
+        println!("warning: {w}");
+    }
+    for e in &report.errors {
+        println!("error: {e}");
+    }
+    for (snap, files) in &report.damaged {
+        println!(
+            "snapshot {} is damaged: {} file(s) cannot be restored whole:",
+            &snap[..8],
+            files.len()
+        );
+        for f in files.iter().take(20) {
+            println!("  {f}");
+        }
+        if files.len() > 20 {
+            println!("  … and {} more (--json lists all)", files.len() - 20);
+        }
+    }
+}
+
+pub async fn restore(args: RestoreArgs, config: Option<&Config>) -> ExitCode {
+    match run_restore(args, config.and_then(|c| c.backup.as_ref())).await {
         Ok(code) => code,
         Err(e) => fail(&e),
     }
 }
 
-async fn run_restore(args: RestoreArgs) -> Result<ExitCode> {
+async fn run_restore(args: RestoreArgs, config: Option<&BackupConfig>) -> Result<ExitCode> {
+    let r = args.repo.open(config).await?;
     if args.snapshot == "postgres" {
-        return restore_postgres(args).await;
+        return restore_postgres(&r, args).await;
     }
     if args.at.is_some() || args.lsn.is_some() {
         return Err(Error::Invalid(
             "--at and --lsn apply to `lifeboat restore postgres` only".into(),
         ));
     }
-    let r = args.repo.open().await?;
+    if args.snapshot == "group" {
+        let label = args.label.as_deref().ok_or_else(|| {
+            Error::Invalid("name the group: lifeboat restore group LABEL --to DIR".into())
+        })?;
+        let g = crate::group::restore_group(&r, label, &args.to).await?;
+        if args.repo.json {
+            print_json(&g);
+        } else {
+            println!(
+                "restored group {} of {} ({}):",
+                g.label,
+                short_time(g.time),
+                &g.group[..8]
+            );
+            for (member, dir) in &g.restored {
+                println!("  {member} -> {}", dir.display());
+            }
+            println!("start each database (as its owner) with: pg_ctl start -D DIR; it replays to the group's restore point, then promotes");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (id, snap) = r.find_snapshot(&args.snapshot).await?;
     let s = crate::restorer::restore(
         &r,
@@ -504,7 +865,7 @@ async fn run_restore(args: RestoreArgs) -> Result<ExitCode> {
             s.files,
             s.dirs,
             s.symlinks,
-            lifeboat_config::format_bytes(s.bytes),
+            bytes(s.bytes),
             s.duration_s
         );
         for (path, why) in &s.failed {
@@ -522,8 +883,8 @@ async fn run_restore(args: RestoreArgs) -> Result<ExitCode> {
     }
 }
 
-async fn restore_postgres(args: RestoreArgs) -> Result<ExitCode> {
-    use crate::postgres::{parse_lsn, restore_pitr, Target};
+async fn restore_postgres(r: &Repo, args: RestoreArgs) -> Result<ExitCode> {
+    use crate::postgres::{parse_lsn, restore_pitr, Pick, Target};
     let target =
         match (&args.at, &args.lsn) {
             (Some(t), _) => Target::Time(parse_time(t)?),
@@ -532,15 +893,11 @@ async fn restore_postgres(args: RestoreArgs) -> Result<ExitCode> {
             })?),
             _ => Target::Latest,
         };
-    let r = args.repo.open().await?;
-    let s = restore_pitr(
-        &r,
-        target,
-        args.source.as_deref(),
-        &args.to,
-        &args.repo.progress(),
-    )
-    .await?;
+    let pick = Pick {
+        source: args.source.as_deref(),
+        base: args.base.as_deref(),
+    };
+    let s = restore_pitr(r, target, pick, &args.to, &args.repo.progress()).await?;
     if args.repo.json {
         print_json(&s);
     } else {
@@ -549,7 +906,7 @@ async fn restore_postgres(args: RestoreArgs) -> Result<ExitCode> {
             &s.base_snapshot[..8],
             crate::snapshot::format_time(s.base_end_time),
             s.wal_files,
-            lifeboat_config::format_bytes(s.wal_bytes),
+            bytes(s.wal_bytes),
             args.to.display(),
             s.duration_s
         );
@@ -589,84 +946,81 @@ fn system_of(given: Option<String>) -> Result<String> {
     }
 }
 
-pub async fn wal(args: WalArgs, _config: Option<&Config>) -> ExitCode {
-    let r = match args.cmd {
+pub async fn wal(args: WalArgs, config: Option<&Config>) -> ExitCode {
+    run_wal(args, config.and_then(|c| c.backup.as_ref()))
+        .await
+        .unwrap_or_else(|e| fail(&e))
+}
+
+async fn run_wal(args: WalArgs, config: Option<&BackupConfig>) -> Result<ExitCode> {
+    match args.cmd {
         WalCmd::Push {
             path,
             repo,
             system_identifier,
         } => {
-            async {
-                let system = system_of(system_identifier)?;
-                let r = repo.open().await?;
-                crate::postgres::wal_push(&r, &system, &path)
-                    .await
-                    .map(|_| ExitCode::SUCCESS)
-            }
-            .await
+            let system = system_of(system_identifier)?;
+            let r = repo.open(config).await?;
+            crate::postgres::wal_push(&r, &system, &path).await?;
+            Ok(ExitCode::SUCCESS)
         }
-        WalCmd::Stream {
-            repo,
-            postgres,
-            spool,
-            every,
-        } => match repo.open().await {
-            Ok(r) => {
-                let status = std::sync::Arc::new(crate::walstream::WalStatus::default());
-                let streamer = crate::walstream::WalStreamer {
-                    repo: r,
-                    conninfo: postgres,
-                    spool,
-                    upload_every: every,
-                    status: status.clone(),
-                    system: Default::default(),
-                };
-                let cancel = tokio_util::sync::CancellationToken::new();
-                let stop = cancel.clone();
-                tokio::spawn(async move {
-                    let mut term =
-                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                            .expect("SIGTERM handler");
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = tokio::signal::ctrl_c() => {}
-                    }
-                    stop.cancel();
-                });
-                streamer.run(cancel).await;
-                // Never in step with the server: say why, and fail.
-                let never_synced = status
-                    .last_synced_ms
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    == 0;
-                let last_error = status.last_error.lock().expect("status").take();
-                match last_error {
-                    Some(e) if never_synced => Err(Error::Command {
-                        what: "wal stream".into(),
-                        detail: e,
-                    }),
-                    _ => Ok(ExitCode::SUCCESS),
-                }
-            }
-            Err(e) => Err(e),
-        },
         WalCmd::Fetch {
             name,
             path,
             repo,
             system_identifier,
         } => {
-            async {
-                let system = system_of(system_identifier)?;
-                let r = repo.open().await?;
-                match crate::postgres::wal_fetch(&r, &system, &name, &path).await? {
-                    true => Ok(ExitCode::SUCCESS),
-                    // PostgreSQL asks for files that do not exist yet; a quiet 1 is the answer.
-                    false => Ok(ExitCode::from(1)),
-                }
+            let system = system_of(system_identifier)?;
+            let r = repo.open(config).await?;
+            match crate::postgres::wal_fetch(&r, &system, &name, &path).await? {
+                true => Ok(ExitCode::SUCCESS),
+                // PostgreSQL asks for files that do not exist yet; a quiet 1 is the answer.
+                false => Ok(ExitCode::from(1)),
             }
-            .await
         }
-    };
-    r.unwrap_or_else(|e| fail(&e))
+        WalCmd::Stream {
+            repo,
+            postgres,
+            spool,
+            every,
+        } => {
+            let r = repo.open(config).await?;
+            let status = std::sync::Arc::new(crate::walstream::WalStatus::default());
+            let streamer = crate::walstream::WalStreamer {
+                repo: r,
+                server: crate::walstream::fixed(postgres),
+                spool,
+                upload_every: every,
+                status: status.clone(),
+                system: Default::default(),
+            };
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let stop = cancel.clone();
+            // Ends with the process: it only waits for the signal that stops the streamer.
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                stop.cancel();
+            });
+            streamer.run(cancel).await;
+            // Never in step with the server: say why, and fail.
+            let never_synced = status
+                .last_synced_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0;
+            let last_error = status.last_error.lock().expect("status").take();
+            match last_error {
+                Some(e) if never_synced => Err(Error::Command {
+                    what: "wal stream".into(),
+                    detail: e,
+                }),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
+    }
 }

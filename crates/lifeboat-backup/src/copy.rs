@@ -1,17 +1,18 @@
 //! Copies snapshots to a second repository (another region) that shares the first one's keys
 //! (`lifeboat backup init --from-repo`): only blobs the target lacks are sent, as sealed bytes,
-//! read a pack at a time; nothing is decrypted on the way.
+//! read a pack at a time; nothing is decrypted on the way. The WAL of the databases copied and
+//! the group records whose snapshots are all there go along.
 
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::pack::{pack_key, BlobLoc};
-use crate::repo::{Repo, PACKS_IN_FLIGHT};
+use crate::repo::{Repo, PACKS_IN_FLIGHT, PARALLEL_IO};
 use crate::restorer::load_nodes;
 use crate::snapshot::Snapshot;
 use crate::writer::Writer;
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -19,6 +20,9 @@ pub struct CopyReport {
     pub copied: Vec<String>,
     pub already_there: usize,
     pub blobs_sent: u64,
+    pub wal_files_sent: u64,
+    pub groups_copied: u64,
+    /// Sealed bytes sent: blobs and WAL.
     pub bytes_sent: u64,
 }
 
@@ -52,13 +56,20 @@ pub async fn copy(
     )
     .await?;
     let from_index = from.load_index().await?;
-    let present: Vec<Snapshot> = to.snapshots().await?.into_iter().map(|(_, s)| s).collect();
+    let present = to.snapshots().await?;
     let mut report = CopyReport::default();
+    // Source snapshot id -> its copy's id in the target.
+    let mut copies: HashMap<Id, Id> = HashMap::new();
+    let mut systems: BTreeSet<String> = BTreeSet::new();
     for (id, snap) in from.snapshots().await? {
         if !select(&snap) {
             continue;
         }
-        if present.iter().any(|p| same_snapshot(p, &snap)) {
+        if let Some(pg) = &snap.postgres {
+            systems.insert(pg.system_identifier.clone());
+        }
+        if let Some((there, _)) = present.iter().find(|(_, p)| same_snapshot(p, &snap)) {
+            copies.insert(id, *there);
             report.already_there += 1;
             continue;
         }
@@ -136,10 +147,85 @@ pub async fn copy(
             copied.tier = t.to_string();
         }
         let (new_id, _) = writer.finish(copied).await?;
+        copies.insert(id, new_id);
         report
             .copied
             .push(format!("{} -> {}", id.short(), new_id.short()));
     }
+    for system in &systems {
+        copy_wal(from, to, system, &mut report).await?;
+    }
+    copy_groups(from, to, &copies, &mut report).await?;
     source_lock.release().await?;
     Ok(report)
+}
+
+/// Sends the WAL files of one database the target lacks, and `.partial` copies that changed,
+/// as sealed bytes: a copied base backup can then be recovered to any point in the target too.
+async fn copy_wal(from: &Repo, to: &Repo, system: &str, report: &mut CopyReport) -> Result<()> {
+    let prefix = format!("wal/{system}/");
+    let there: HashMap<String, u64> = to
+        .storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .map(|l| (l.key, l.size))
+        .collect();
+    let missing: Vec<String> = from
+        .storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter(|l| match there.get(&l.key) {
+            None => true,
+            Some(size) => l.key.ends_with(".partial") && *size != l.size,
+        })
+        .map(|l| l.key)
+        .collect();
+    let mut sends = futures::stream::iter(missing)
+        .map(|key| async move {
+            let bytes = from.storage.get_required(&key).await?;
+            let n = bytes.len() as u64;
+            to.storage.put(&key, bytes.to_vec()).await?;
+            Ok::<_, Error>(n)
+        })
+        .buffer_unordered(PARALLEL_IO);
+    while let Some(n) = sends.next().await {
+        report.wal_files_sent += 1;
+        report.bytes_sent += n?;
+    }
+    Ok(())
+}
+
+/// Writes, in the target, each group record whose snapshots are all there, naming the
+/// target's snapshots.
+async fn copy_groups(
+    from: &Repo,
+    to: &Repo,
+    copies: &HashMap<Id, Id>,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let there = crate::group::groups(to).await?;
+    for (_, mut g) in crate::group::groups(from).await? {
+        if there
+            .iter()
+            .any(|(_, t)| t.label == g.label && t.time == g.time)
+        {
+            continue;
+        }
+        let Some(members) = g
+            .members
+            .iter()
+            .map(|m| copies.get(&m.snapshot).copied())
+            .collect::<Option<Vec<Id>>>()
+        else {
+            continue;
+        };
+        for (m, id) in g.members.iter_mut().zip(members) {
+            m.snapshot = id;
+        }
+        to.save_json("groups", &g).await?;
+        report.groups_copied += 1;
+    }
+    Ok(())
 }

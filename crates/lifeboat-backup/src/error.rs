@@ -14,13 +14,15 @@ pub enum Error {
     NoRepository { repo: String },
     #[error("a repository already exists at {repo}")]
     AlreadyExists { repo: String },
-    #[error("{op} {key} in {repo}: {source}")]
+    #[error("{op} {key} in {repo}: {source}{hint}")]
     Storage {
         op: &'static str,
         key: String,
         repo: String,
         #[source]
         source: Box<object_store::Error>,
+        /// What to do about it, when there is something (starts with "; ").
+        hint: &'static str,
     },
     #[error("invalid repository location {location:?}: {reason}")]
     Location { location: String, reason: String },

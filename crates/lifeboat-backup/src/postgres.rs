@@ -185,7 +185,7 @@ fn find_in_log(log: &[String], marker: &str) -> Option<String> {
 }
 
 /// The connection string without its password.
-fn redact(conninfo: &str) -> String {
+pub(crate) fn redact(conninfo: &str) -> String {
     conninfo
         .split_whitespace()
         .filter(|kv| !kv.starts_with("password="))
@@ -233,6 +233,57 @@ pub(crate) fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)>
     let log = u64::from_str_radix(&name[8..16], 16).ok()?;
     let seg = u64::from_str_radix(&name[16..], 16).ok()?;
     Some((tli, log * (0x1_0000_0000u64 / segment_size) + seg))
+}
+
+/// The stored WAL of one cluster: for each segment number (on any timeline), the highest
+/// timeline it is stored on. Finished segments and `.partial` copies both count.
+pub(crate) fn stored_segments<'a>(
+    names: impl Iterator<Item = &'a str>,
+    segment_size: u64,
+) -> std::collections::BTreeMap<u64, u32> {
+    let mut out = std::collections::BTreeMap::new();
+    for name in names {
+        let name = name.strip_suffix(".partial").unwrap_or(name);
+        if let Some((tli, seg)) = parse_segment(name, segment_size) {
+            let t = out.entry(seg).or_insert(tli);
+            *t = (*t).max(tli);
+        }
+    }
+    out
+}
+
+/// The runs of segment numbers in `from..=to` that `stored` lacks, named as WAL files.
+pub(crate) fn wal_gaps(
+    stored: &std::collections::BTreeMap<u64, u32>,
+    from: u64,
+    to: u64,
+    segment_size: u64,
+) -> Vec<String> {
+    let mut gaps = Vec::new();
+    let mut seg = from;
+    while seg <= to {
+        if stored.contains_key(&seg) {
+            seg += 1;
+            continue;
+        }
+        let start = seg;
+        while seg <= to && !stored.contains_key(&seg) {
+            seg += 1;
+        }
+        // Named on the timeline of the segment before the gap (else after it).
+        let tli = stored
+            .range(..start)
+            .next_back()
+            .or_else(|| stored.range(seg..).next())
+            .map_or(1, |(_, t)| *t);
+        let first = segment_name(tli, start, segment_size);
+        gaps.push(if seg - 1 == start {
+            first
+        } else {
+            format!("{first} to {}", segment_name(tli, seg - 1, segment_size))
+        });
+    }
+    gaps
 }
 
 /// WAL lives under the cluster's system identifier, so one repository can hold the WAL of
@@ -324,10 +375,15 @@ async fn write_atomically(to: &Path, data: &[u8]) -> Result<()> {
 }
 
 /// Where a point-in-time restore stops.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum Target {
     Time(OffsetDateTime),
     Lsn(u64),
+    /// A restore point (`pg_create_restore_point`) written at `lsn`.
+    Name {
+        name: String,
+        lsn: u64,
+    },
     /// The end of the archived WAL.
     Latest,
 }
@@ -343,11 +399,21 @@ pub struct PgRestoreSummary {
     pub duration_s: f64,
 }
 
-/// Restores the newest base backup that ends before `target`, and the WAL up to it, into `to`.
+/// Which base backups a point-in-time restore may start from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pick<'a> {
+    /// Only base backups of this source.
+    pub source: Option<&'a str>,
+    /// This base backup (an id prefix), instead of the newest that ends before the target.
+    pub base: Option<&'a str>,
+}
+
+/// Restores the newest base backup that ends before `target` (or the one `pick` names), and
+/// the WAL up to the target, into `to`.
 pub async fn restore_pitr(
     repo: &Repo,
     target: Target,
-    source: Option<&str>,
+    pick: Pick<'_>,
     to: &Path,
     progress: &Progress,
 ) -> Result<PgRestoreSummary> {
@@ -361,40 +427,38 @@ pub async fn restore_pitr(
     let snaps = repo.snapshots().await?;
     let candidates: Vec<(Id, Snapshot)> = snaps
         .into_iter()
-        .filter(|(_, s)| s.kind == SourceKind::Postgres && source.is_none_or(|src| s.source == src))
+        .filter(|(id, s)| {
+            s.kind == SourceKind::Postgres
+                && pick.source.is_none_or(|src| s.source == src)
+                && pick.base.is_none_or(|b| id.hex().starts_with(b))
+        })
         .collect();
-    let fits = |pg: &PgInfo| match target {
-        Target::Time(t) => pg.end_time <= t,
-        Target::Lsn(l) => parse_lsn(&pg.end_lsn).is_some_and(|e| e <= l),
+    let fits = |pg: &PgInfo| match &target {
+        Target::Time(t) => pg.end_time <= *t,
+        Target::Lsn(l) | Target::Name { lsn: l, .. } => {
+            parse_lsn(&pg.end_lsn).is_some_and(|e| e <= *l)
+        }
         Target::Latest => true,
     };
+    if let (Some(b), [_, _, ..]) = (pick.base, candidates.as_slice()) {
+        return Err(Error::Invalid(format!(
+            "base backup prefix {b:?} is ambiguous"
+        )));
+    }
     let (base_id, base) = candidates
         .iter()
         .rev()
         .find(|(_, s)| s.postgres.as_ref().is_some_and(fits))
         .cloned()
-        .ok_or_else(|| {
-            Error::Invalid(match candidates.first() {
-                None => "no PostgreSQL base backup in the repository; take one with `lifeboat backup run --postgres CONNINFO`".into(),
-                Some((_, s)) => format!(
-                    "no base backup ends before the target; the oldest ends at {}",
-                    s.postgres.as_ref().map(|p| format_time(p.end_time)).unwrap_or_default()
-                ),
-            })
+        .ok_or_else(|| match (candidates.first(), pick.base) {
+            (None, Some(b)) => Error::UnknownSnapshot(format!("{b} (a PostgreSQL base backup)")),
+            (None, None) => Error::Invalid("no PostgreSQL base backup in the repository; take one with `lifeboat backup run --postgres CONNINFO`".into()),
+            (Some((_, s)), _) => Error::Invalid(format!(
+                "no base backup ends before the target; the oldest ends at {}",
+                s.postgres.as_ref().map(|p| format_time(p.end_time)).unwrap_or_default()
+            )),
         })?;
     let pg = base.postgres.clone().expect("a postgres snapshot");
-
-    // The base backup.
-    std::fs::create_dir_all(to).map_err(Error::io(to))?;
-    let index = repo.load_index().await?;
-    let nodes = crate::restorer::load_nodes(repo, &index, &base).await?;
-    let tar = nodes
-        .into_iter()
-        .find(|n| n.path == BASE_TAR)
-        .ok_or_else(|| Error::corrupt(format!("snapshot {} has no {BASE_TAR}", base_id.short())))?;
-    progress.start("restoring base backup", tar.size);
-    unpack(repo, &index, &tar.chunks, to, progress).await?;
-    progress.finish();
 
     // The WAL it needs.
     let prefix = format!("wal/{}/", pg.system_identifier);
@@ -435,18 +499,65 @@ pub async fn restore_pitr(
         ));
     }
     segments.sort();
+    let newest = segments
+        .iter()
+        .max_by_key(|s| (s.4, s.0))
+        .map(|s| (s.3.clone(), s.4));
+    let mut reached = matches!(target, Target::Latest);
     for (seg, _, key, name, modified) in segments {
         wanted.push((key, name));
-        let done = match target {
-            // A segment stored after the target holds everything up to it.
-            Target::Time(t) => modified >= t,
-            Target::Lsn(l) => seg > l / pg.wal_segment_size,
-            Target::Latest => false,
+        let (covers, done) = match &target {
+            // A segment stored after the target holds everything up to it. But when an object
+            // was stored says nothing of the times inside it (a copy is stored later than its
+            // WAL was written), so every segment goes: PostgreSQL stops at the target.
+            Target::Time(t) => (modified >= *t, false),
+            Target::Lsn(l) | Target::Name { lsn: l, .. } => {
+                let at = *l / pg.wal_segment_size;
+                (seg >= at, seg > at)
+            }
+            Target::Latest => (true, false),
         };
+        reached |= covers;
         if done {
             break;
         }
     }
+    // A hole in the chain would end the replay there, quietly: refuse instead. The base
+    // backup holds its own WAL up to its end (and a primary switches segments there), so the
+    // chain must be whole from the next segment on.
+    let end_seg = parse_lsn(&pg.end_lsn).map_or(start_seg, |l| l / pg.wal_segment_size + 1);
+    let chosen = stored_segments(wanted.iter().map(|(_, n)| n.as_str()), pg.wal_segment_size);
+    if let Some((&last, _)) = chosen.last_key_value() {
+        let gaps = wal_gaps(&chosen, end_seg, last, pg.wal_segment_size);
+        if let Some(first) = gaps.first() {
+            return Err(Error::corrupt(format!(
+                "WAL {first} of this database is missing from {}, so the replay from base backup {} would stop before it; restore to an earlier point, or from a base backup taken after it",
+                repo.location(),
+                base_id.short()
+            )));
+        }
+    }
+    if !reached {
+        return Err(Error::Invalid(format!(
+            "the archived WAL of this database ends before the target: {}; restore to an earlier point, or name none for the latest",
+            match newest {
+                Some((name, at)) => format!("its newest WAL file, {name}, was stored at {}", format_time(at)),
+                None => format!("no WAL is archived after base backup {}", base_id.short()),
+            }
+        )));
+    }
+    // The base backup.
+    std::fs::create_dir_all(to).map_err(Error::io(to))?;
+    let index = repo.load_index().await?;
+    let nodes = crate::restorer::load_nodes(repo, &index, &base).await?;
+    let tar = nodes
+        .into_iter()
+        .find(|n| n.path == BASE_TAR)
+        .ok_or_else(|| Error::corrupt(format!("snapshot {} has no {BASE_TAR}", base_id.short())))?;
+    progress.start("restoring base backup", tar.size);
+    unpack(repo, &index, &tar.chunks, to, progress).await?;
+    progress.finish();
+
     let pg_wal = to.join("pg_wal");
     std::fs::create_dir_all(&pg_wal).map_err(Error::io(&pg_wal))?;
     let wal_files = wanted.len();
@@ -458,13 +569,18 @@ pub async fn restore_pitr(
                 .key
                 .open_unbounded(&sealed)
                 .map_err(|e| Error::corrupt(format!("{key}: {e}")))?;
-            Ok::<_, Error>((name, plain))
+            Ok::<_, Error>((name, key.ends_with(".partial"), plain))
         })
         .buffered(PARALLEL_IO / 2);
+    let end_lsn = parse_lsn(&pg.end_lsn).unwrap_or(0);
     while let Some(r) = fetches.next().await {
-        let (name, plain) = r?;
+        let (name, partial, plain) = r?;
+        let path = pg_wal.join(&name);
+        if partial && !partial_extends(&path, &name, &plain, end_lsn, pg.wal_segment_size)? {
+            continue;
+        }
         wal_bytes += plain.len() as u64;
-        write_atomically(&pg_wal.join(&name), &plain).await?;
+        write_atomically(&path, &plain).await?;
     }
 
     // Recovery settings.
@@ -474,8 +590,9 @@ pub async fn restore_pitr(
         "restore_command = 'false'".to_string(),
         "archive_mode = 'off'".to_string(),
     ];
-    match target {
-        Target::Time(t) => settings.push(format!("recovery_target_time = '{}'", pg_time(t))),
+    match &target {
+        Target::Time(t) => settings.push(format!("recovery_target_time = '{}'", pg_time(*t))),
+        Target::Name { name, .. } => settings.push(format!("recovery_target_name = '{name}'")),
         Target::Lsn(l) => settings.push(format!(
             "recovery_target_lsn = '{:X}/{:X}'",
             l >> 32,
@@ -502,6 +619,30 @@ pub async fn restore_pitr(
         recovery_settings: settings,
         duration_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Whether an archived `.partial` copy of segment `name` should replace the copy the base
+/// backup put at `path`. The base backup's copy holds everything up to the backup's end
+/// (`end_lsn`); a `.partial` may have been stored before or after that. It replaces it only
+/// when it holds the same bytes up to there (and so as much or more); an archived finished
+/// segment always does.
+fn partial_extends(
+    path: &Path,
+    name: &str,
+    partial: &[u8],
+    end_lsn: u64,
+    segment_size: u64,
+) -> Result<bool> {
+    let ours = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(Error::io(path)(e)),
+    };
+    let valid = match parse_segment(name, segment_size) {
+        Some((_, seg)) if seg == end_lsn / segment_size => (end_lsn % segment_size) as usize,
+        _ => ours.len(),
+    };
+    Ok(partial.get(..valid).is_some() && partial.get(..valid) == ours.get(..valid))
 }
 
 /// A time as PostgreSQL reads it: microseconds, UTC.
@@ -644,5 +785,34 @@ mod tests {
         assert_eq!(redact("host=a password=secret user=b"), "host=a user=b");
         let t = time::macros::datetime!(2026-11-23 03:47:05.133354759 +01:00);
         assert_eq!(pg_time(t), "2026-11-23 02:47:05.133354+00");
+    }
+
+    #[test]
+    fn gaps_in_the_wal_chain_are_named_across_timelines() {
+        let mb16 = 16 * 1024 * 1024;
+        // Timeline 2 begins in segment 5, whose timeline-1 part was streamed as a .partial.
+        let names = [
+            "000000010000000000000003",
+            "000000010000000000000005.partial",
+            "000000020000000000000005",
+            "000000020000000000000006",
+            "00000002.history",
+            "000000020000000000000009",
+            "00000002000000000000000A.partial",
+        ];
+        let stored = stored_segments(names.into_iter(), mb16);
+        assert_eq!(stored.get(&5), Some(&2));
+        assert_eq!(
+            wal_gaps(&stored, 3, 10, mb16),
+            [
+                "000000010000000000000004",
+                "000000020000000000000007 to 000000020000000000000008"
+            ]
+        );
+        assert!(wal_gaps(&stored, 5, 6, mb16).is_empty());
+        assert!(
+            wal_gaps(&stored, 9, 8, mb16).is_empty(),
+            "an empty range has no gap"
+        );
     }
 }

@@ -33,6 +33,8 @@ pub struct PruneReport {
     pub packs_unindexed_deleted: usize,
     pub bytes_freed: u64,
     pub wal_deleted: usize,
+    /// Group records whose snapshots were all forgotten.
+    pub groups_deleted: usize,
 }
 
 /// Applies `policy` to each group of snapshots (same source and tier), or to the groups whose
@@ -80,6 +82,28 @@ async fn prune_locked(
             keep[i] = v.keep;
         }
     }
+    // A group is kept whole: one kept member keeps all of them. A record with no member left
+    // goes.
+    let groups = crate::group::groups(repo).await?;
+    let position: HashMap<Id, usize> = snaps
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, i))
+        .collect();
+    let mut groups_doomed = Vec::new();
+    for (gid, g) in &groups {
+        let members: Vec<usize> = g
+            .members
+            .iter()
+            .filter_map(|m| position.get(&m.snapshot).copied())
+            .collect();
+        if members.iter().any(|&i| keep[i]) {
+            members.into_iter().for_each(|i| keep[i] = true);
+        } else {
+            groups_doomed.push(*gid);
+        }
+    }
+    report.groups_deleted = groups_doomed.len();
     for (k, (id, s)) in keep.iter().zip(&snaps) {
         let line = format!(
             "{} {} {}/{}",
@@ -173,6 +197,7 @@ async fn prune_locked(
         })
         .map(|l| l.key)
         .collect();
+    let tests_doomed = crate::restore_test::outdated(&crate::restore_test::records(repo).await?);
     report.wal_deleted = wal_doomed.len();
     report.packs_deleted = delete.len();
     report.packs_repacked = repack.len();
@@ -181,7 +206,12 @@ async fn prune_locked(
         return Ok(report);
     }
 
-    // 1. Forget snapshots (their blobs are still there until the end).
+    // 1. Forget groups, then snapshots (their blobs are still there until the end).
+    for gid in &groups_doomed {
+        repo.storage
+            .delete(&format!("groups/{}", gid.hex()))
+            .await?;
+    }
     for ((id, _), k) in snaps.iter().zip(&keep) {
         if !*k {
             repo.storage
@@ -223,6 +253,7 @@ async fn prune_locked(
         .map(pack_key)
         .chain(unindexed.into_iter().map(|(k, _)| k))
         .chain(wal_doomed)
+        .chain(tests_doomed)
         .collect();
     futures::stream::iter(doomed)
         .map(|k| async move { repo.storage.delete(&k).await })

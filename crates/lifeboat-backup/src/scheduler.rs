@@ -3,16 +3,23 @@
 //! metrics that say how old each tier's newest backup is.
 
 use crate::archiver::{backup_paths, BackupOptions};
+use crate::copy::CopyReport;
+use crate::crypto::Id;
 use crate::error::{Error, Result};
-use crate::postgres::{base_backup, restore_pitr, Target};
+use crate::group::{backup_group, GroupOptions, Member};
+use crate::postgres::base_backup;
 use crate::progress::Progress;
+use crate::prune::PruneReport;
 use crate::repo::Repo;
-use crate::snapshot::Snapshot;
+use crate::restore_test::{TestRecord, TestSpec};
+use crate::snapshot::{Snapshot, Summary};
 use crate::storage::Storage;
-use crate::walstream::{WalStatus, WalStreamer};
+use crate::walstream::{ConnSource, WalStatus, WalStreamer};
 use lifeboat_config::{
-    BackupConfig, BackupTierConfig, Config, NodeConfig, RepositoryConfig, TierKind, WalMode,
+    BackupConfig, BackupTierConfig, Config, NodeConfig, RepositoryConfig, Retention, TierKind,
+    WalMode,
 };
+use lifeboat_postgres::ConnInfo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -49,12 +56,43 @@ struct Metrics {
     restore_test_last: FGauge,
 }
 
-/// Runs the configured backup tiers on their schedules until cancelled.
+/// The node Lifeboat records as the primary now (the controller's view in `lifeboat run`).
+pub type PrimaryFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// How long a consistent group waits for the WAL holding its restore points.
+const GROUP_WAL_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs the configured backup tiers on their schedules until cancelled; offline commands use
+/// it to run one tier, or the restore test, by hand.
 pub struct Scheduler {
     backup: BackupConfig,
     nodes: BTreeMap<String, NodeConfig>,
+    /// Where `follow-primary` sources look; without it (offline) the writable node is probed.
+    primary: Option<PrimaryFn>,
     metrics: Arc<Metrics>,
     newest: Arc<Mutex<Newest>>,
+}
+
+/// What one run of a tier did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TierRun {
+    pub tier: String,
+    pub snapshots: Vec<TierSnapshot>,
+    /// A consistent tier: the group record and the spread of its restore points.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<(String, f64)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy: Option<CopyReport>,
+    pub prune: Option<PruneReport>,
+    /// Sources that failed, with the reason.
+    pub failures: Vec<(String, String)>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct TierSnapshot {
+    pub source: String,
+    pub id: String,
+    pub summary: Summary,
 }
 
 fn unix_now() -> f64 {
@@ -75,19 +113,23 @@ pub async fn open_repo(r: &RepositoryConfig) -> Result<Repo> {
     Repo::open(Storage::open(&r.location, false)?, &pass).await
 }
 
-/// A libpq connection string for a node of the config, with its password.
-pub fn node_conninfo(n: &NodeConfig) -> Result<String> {
+/// How to reach a node of the config, with its password.
+pub fn node_conn(n: &NodeConfig) -> Result<ConnInfo> {
     let password =
         lifeboat_config::read_secret(n.password_file.as_deref(), n.password_env.as_deref())
             .map_err(|e| Error::Invalid(format!("node {}: password: {e}", n.name)))?;
-    let c = lifeboat_postgres::ConnInfo {
+    Ok(ConnInfo {
         host: n.host.clone(),
         port: n.port,
         user: n.user.clone(),
         password,
         dbname: n.dbname.clone(),
-    };
-    Ok(c.to_libpq(Some("lifeboat-backup")))
+    })
+}
+
+/// A libpq connection string for a node of the config, with its password.
+pub fn node_conninfo(n: &NodeConfig) -> Result<String> {
+    Ok(node_conn(n)?.to_libpq(Some("lifeboat-backup")))
 }
 
 impl Scheduler {
@@ -102,9 +144,63 @@ impl Scheduler {
         Some(Scheduler {
             backup,
             nodes,
+            primary: None,
             metrics: Arc::new(Metrics::default()),
             newest: Default::default(),
         })
+    }
+
+    /// `follow-primary` sources back up and stream from the node `primary` names.
+    pub fn following(mut self, primary: PrimaryFn) -> Scheduler {
+        self.primary = Some(primary);
+        self
+    }
+
+    pub fn config(&self) -> &BackupConfig {
+        &self.backup
+    }
+
+    /// The node a PostgreSQL source is backed up from now.
+    async fn node_of(&self, source: &str) -> Result<&NodeConfig> {
+        let cfg = &self.backup.sources[source];
+        if let Some(n) = &cfg.postgres {
+            return Ok(&self.nodes[n]);
+        }
+        match &self.primary {
+            Some(primary) => primary()
+                .and_then(|n| self.nodes.get(&n))
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "source {source} follows the primary, and none is known yet (see `lifeboat status`)"
+                    ))
+                }),
+            None => self.probe_primary(source).await,
+        }
+    }
+
+    /// Offline, the primary is the one node that takes writes: not in recovery, not fenced.
+    async fn probe_primary(&self, source: &str) -> Result<&NodeConfig> {
+        let mut seen = Vec::new();
+        let mut writable = Vec::new();
+        for n in self.nodes.values() {
+            match lifeboat_postgres::probe(&node_conn(n)?, Duration::from_secs(5)).await {
+                Ok(o) if !o.in_recovery && !o.default_read_only => {
+                    seen.push(format!("{}: primary", n.name));
+                    writable.push(n);
+                }
+                Ok(o) if o.in_recovery => seen.push(format!("{}: standby", n.name)),
+                Ok(_) => seen.push(format!("{}: fenced (read-only)", n.name)),
+                Err(e) => seen.push(format!("{}: {e}", n.name)),
+            }
+        }
+        match writable.as_slice() {
+            [one] => Ok(one),
+            _ => Err(Error::Invalid(format!(
+                "source {source} follows the primary, but {} node(s) take writes ({}); back up a named node instead",
+                writable.len(),
+                seen.join("; ")
+            ))),
+        }
     }
 
     /// Registers `lifeboat_backup_*` metrics.
@@ -220,15 +316,34 @@ impl Scheduler {
         status: Arc<WalStatus>,
     ) -> Result<WalStreamer> {
         let repo = open_repo(&self.backup.repositories[&w.repository]).await?;
-        let node = self.backup.sources[&w.source]
-            .postgres
-            .clone()
-            .unwrap_or_default();
-        let conninfo = node_conninfo(&self.nodes[&node])?;
+        let source = &self.backup.sources[&w.source];
+        let server: ConnSource = match (&source.postgres, &self.primary) {
+            (Some(node), _) => crate::walstream::fixed(node_conninfo(&self.nodes[node])?),
+            (None, Some(primary)) => {
+                let (primary, nodes) = (primary.clone(), self.nodes.clone());
+                let name = w.source.clone();
+                Arc::new(move || {
+                    let node = primary()
+                        .and_then(|n| nodes.get(&n).cloned())
+                        .ok_or_else(|| {
+                            Error::Invalid(format!(
+                                "source {name} follows the primary, and none is known yet"
+                            ))
+                        })?;
+                    node_conninfo(&node)
+                })
+            }
+            (None, None) => {
+                return Err(Error::Invalid(format!(
+                    "source {} follows the primary: only `lifeboat run` knows it",
+                    w.source
+                )))
+            }
+        };
         info!(source = %w.source, repository = %w.repository, every = ?w.upload_every.get(), "continuous WAL streaming");
         Ok(WalStreamer {
             repo,
-            conninfo,
+            server,
             spool: w.spool_dir.clone(),
             upload_every: w.upload_every.get(),
             status,
@@ -308,15 +423,21 @@ impl Scheduler {
         }
     }
 
-    /// Runs a tier once, as the daemon does on schedule.
-    pub async fn run_tier(&self, name: &str, tier: &BackupTierConfig) -> Result<()> {
+    /// Runs a tier once, as the daemon does on schedule: back up its sources (or copy), then
+    /// apply its retention. A source that fails is reported in the result; the others still run.
+    pub async fn run_tier(&self, name: &str, tier: &BackupTierConfig) -> Result<TierRun> {
         let repo = open_repo(&self.backup.repositories[&tier.repository]).await?;
-        let mut failed = None;
+        let mut run = TierRun {
+            tier: name.to_string(),
+            ..Default::default()
+        };
+        let keep = tier.keep;
+        let this_tier = move |_: &str, t: &str| (t == name).then_some(keep);
         if tier.kind == TierKind::Copy {
             let to_name = tier.copy_to.as_deref().unwrap_or_default();
             let target = open_repo(&self.backup.repositories[to_name]).await?;
             let report = crate::copy::copy(&repo, &target, &|s| s.tier != name, Some(name)).await?;
-            info!(tier = %name, copied = report.copied.len(), bytes = report.bytes_sent, "copy done");
+            info!(tier = %name, copied = report.copied.len(), bytes = report.bytes_sent, wal = report.wal_files_sent, "copy done");
             for (_, s) in target
                 .snapshots()
                 .await?
@@ -325,22 +446,44 @@ impl Scheduler {
             {
                 self.record_newest(&s.source, name, s, tier.rpo().get());
             }
-            let keep = tier.keep;
-            crate::prune::prune(&target, &|_, t| (t == name).then_some(keep), false).await?;
-            return Ok(());
+            run.copy = Some(report);
+            run.prune = Some(crate::prune::prune(&target, &this_tier, false).await?);
+            return Ok(run);
         }
-        for source in &tier.sources {
-            let l = labels(source, name);
-            let started = std::time::Instant::now();
-            match self
-                .backup_source(&repo, source, name, tier.kind == TierKind::Full)
-                .await
-            {
-                Ok(s) => {
+        let started = std::time::Instant::now();
+        let full = tier.kind == TierKind::Full;
+        let done: Vec<(String, Result<(Id, Snapshot)>)> = if tier.consistent {
+            match self.backup_as_group(&repo, name, tier, full).await {
+                Ok((gid, spread, snaps)) => {
+                    run.group = Some((gid.hex(), spread));
+                    snaps.into_iter().map(|(src, r)| (src, Ok(r))).collect()
+                }
+                Err(e) => tier
+                    .sources
+                    .iter()
+                    .map(|src| (src.clone(), Err(Error::Invalid(e.to_string()))))
+                    .collect(),
+            }
+        } else {
+            let mut done = Vec::new();
+            for source in &tier.sources {
+                done.push((
+                    source.clone(),
+                    self.backup_source(&repo, source, name, full).await,
+                ));
+            }
+            done
+        };
+        for (source, r) in done {
+            let l = labels(&source, name);
+            match r {
+                Ok((id, s)) => {
                     let m = &self.metrics;
-                    m.duration
-                        .get_or_create(&l)
-                        .set(started.elapsed().as_secs_f64());
+                    m.duration.get_or_create(&l).set(if tier.consistent {
+                        started.elapsed().as_secs_f64()
+                    } else {
+                        s.summary.duration_s
+                    });
                     m.size.get_or_create(&l).set(s.summary.bytes as i64);
                     m.added
                         .get_or_create(&l)
@@ -348,19 +491,33 @@ impl Scheduler {
                     m.dedup_ratio
                         .get_or_create(&l)
                         .set(s.summary.bytes as f64 / s.summary.new_stored_bytes.max(1) as f64);
-                    self.record_newest(source, name, &s, tier.rpo().get());
+                    self.record_newest(&source, name, &s, tier.rpo().get());
                     info!(tier = %name, source = %source, bytes = s.summary.bytes, added = s.summary.new_stored_bytes, "backup done");
+                    run.snapshots.push(TierSnapshot {
+                        source,
+                        id: id.hex(),
+                        summary: s.summary,
+                    });
                 }
                 Err(e) => {
                     self.metrics.failures.get_or_create(&l).inc();
                     warn!(tier = %name, source = %source, error = %e, "backup failed");
-                    failed = Some(e);
+                    run.failures.push((source, e.to_string()));
                 }
             }
         }
-        let keep = tier.keep;
-        crate::prune::prune(&repo, &|_, t| (t == name).then_some(keep), false).await?;
-        failed.map_or(Ok(()), Err)
+        run.prune = Some(crate::prune::prune(&repo, &this_tier, false).await?);
+        Ok(run)
+    }
+
+    fn backup_options(source: &str, tier: &str, full: bool) -> BackupOptions {
+        BackupOptions {
+            source: source.into(),
+            tier: tier.into(),
+            tags: vec![],
+            group: None,
+            full,
+        }
     }
 
     async fn backup_source(
@@ -369,28 +526,71 @@ impl Scheduler {
         source: &str,
         tier: &str,
         full: bool,
-    ) -> Result<Snapshot> {
+    ) -> Result<(Id, Snapshot)> {
         let cfg = &self.backup.sources[source];
-        let opts = BackupOptions {
-            source: source.into(),
-            tier: tier.into(),
-            tags: vec![],
-            group: None,
+        let opts = Self::backup_options(source, tier, full);
+        if cfg.is_postgres() {
+            let conninfo = node_conninfo(self.node_of(source).await?)?;
+            base_backup(repo, &conninfo, opts, &Progress::hidden()).await
+        } else {
+            backup_paths(repo, &cfg.paths, opts, &Progress::hidden()).await
+        }
+    }
+
+    /// A consistent tier: its sources as one group labelled with the tier's name.
+    async fn backup_as_group(
+        &self,
+        repo: &Repo,
+        name: &str,
+        tier: &BackupTierConfig,
+        full: bool,
+    ) -> Result<(Id, f64, Vec<(String, (Id, Snapshot))>)> {
+        let mut members = Vec::new();
+        for source in &tier.sources {
+            let cfg = &self.backup.sources[source];
+            members.push(if cfg.is_postgres() {
+                Member::Postgres {
+                    name: source.clone(),
+                    conninfo: node_conninfo(self.node_of(source).await?)?,
+                }
+            } else {
+                Member::Directory {
+                    name: source.clone(),
+                    paths: cfg.paths.clone(),
+                }
+            });
+        }
+        let opts = GroupOptions {
+            label: name.to_string(),
+            tier: name.to_string(),
             full,
+            wal_wait: GROUP_WAL_WAIT,
         };
-        let (_, s) = match &cfg.postgres {
-            Some(node) => {
-                base_backup(
-                    repo,
-                    &node_conninfo(&self.nodes[node])?,
-                    opts,
-                    &Progress::hidden(),
-                )
-                .await?
-            }
-            None => backup_paths(repo, &cfg.paths, opts, &Progress::hidden()).await?,
-        };
-        Ok(s)
+        let (gid, record) = backup_group(repo, &members, &opts).await?;
+        let snaps = repo.snapshots().await?;
+        let members = record
+            .members
+            .iter()
+            .filter_map(|m| {
+                let s = snaps.iter().find(|(id, _)| *id == m.snapshot)?;
+                Some((m.source.clone(), s.clone()))
+            })
+            .collect();
+        Ok((gid, record.spread_ms, members))
+    }
+
+    /// Retention of every tier whose snapshots live in the repository `name`: a backup tier's
+    /// own repository, a copy tier's target.
+    pub fn retention_in(&self, name: &str) -> HashMap<String, Retention> {
+        self.backup
+            .tiers
+            .iter()
+            .filter(|(_, t)| match t.kind {
+                TierKind::Copy => t.copy_to.as_deref() == Some(name),
+                _ => t.repository == name,
+            })
+            .map(|(tier, t)| (tier.clone(), t.keep))
+            .collect()
     }
 
     async fn restore_test_worker(&self, cancel: CancellationToken) {
@@ -402,94 +602,49 @@ impl Scheduler {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(t.every.get()) => {}
             }
-            let started = std::time::Instant::now();
-            let result = self.restore_test(&t).await;
             let m = &self.metrics;
-            m.restore_test_duration.set(started.elapsed().as_secs_f64());
             m.restore_test_last.set(unix_now());
-            m.restore_test_ok.set(i64::from(result.is_ok()));
-            match &result {
-                Ok(rows) => {
-                    info!(source = %t.source, seconds = started.elapsed().as_secs_f64(), rows, "restore test passed")
+            match self.restore_test().await {
+                Ok(r) => {
+                    m.restore_test_duration.set(r.total_s);
+                    m.restore_test_ok.set(i64::from(r.ok));
+                    match &r.error {
+                        None => {
+                            info!(source = %t.source, seconds = r.total_s, rows = r.rows, base = %r.base_snapshot, "restore test passed")
+                        }
+                        Some(e) => warn!(source = %t.source, error = %e, "restore test failed"),
+                    }
                 }
-                Err(e) => warn!(source = %t.source, error = %e, "restore test failed"),
+                Err(e) => {
+                    m.restore_test_ok.set(0);
+                    warn!(source = %t.source, error = %e, "restore test could not run");
+                }
             }
         }
     }
 
-    /// Restores the newest backup of the source with all its WAL into a scratch directory,
-    /// starts PostgreSQL on it, runs the query, stops it and removes the directory. Returns the
-    /// number of rows the query gave.
-    async fn restore_test(&self, t: &lifeboat_config::RestoreTestConfig) -> Result<usize> {
+    /// Runs the configured restore test once and records it in the repository.
+    pub async fn restore_test(&self) -> Result<TestRecord> {
+        let t = self.backup.restore_test.as_ref().ok_or_else(|| {
+            Error::Invalid("the config has no [backup.restore-test] section".into())
+        })?;
         let repo = open_repo(&self.backup.repositories[&t.repository]).await?;
-        let dir = t
-            .scratch_dir
-            .join(format!("restore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&t.scratch_dir).map_err(Error::io(&t.scratch_dir))?;
-        let r = async {
-            restore_pitr(
-                &repo,
-                Target::Latest,
-                Some(&t.source),
-                &dir,
-                &Progress::hidden(),
-            )
-            .await?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(Error::io(&dir))?
-                .port();
-            let root = nix::unistd::geteuid().is_root();
-            let server = lifeboat_postgres::LocalServer {
-                bin_dir: lifeboat_postgres::LocalServer::find_bin_dir()
-                    .map_err(|e| Error::Invalid(e.to_string()))?,
-                data_dir: dir.clone(),
-                os_user: root.then(|| t.os_user.clone()),
-                port,
-            };
-            let fail = |what: &str, e: String| Error::Command {
-                what: format!("restore test: {what}"),
-                detail: e,
-            };
-            server
-                .start(Duration::from_secs(300))
-                .await
-                .map_err(|e| fail("starting PostgreSQL", e.to_string()))?;
-            let node = self.backup.sources[&t.source]
-                .postgres
-                .clone()
-                .unwrap_or_default();
-            let mut c = self.nodes[&node].clone();
-            c.host = "127.0.0.1".into();
-            c.port = port;
-            let rows = async {
-                let (client, conn) =
-                    tokio_postgres::connect(&node_conninfo(&c)?, tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| fail("connecting", e.to_string()))?;
-                tokio::spawn(conn);
-                let rows = client
-                    .simple_query(&t.query)
-                    .await
-                    .map_err(|e| fail("query", e.to_string()))?;
-                let n = rows
-                    .iter()
-                    .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
-                    .count();
-                if n == 0 {
-                    return Err(fail("query", "returned no row".into()));
-                }
-                Ok(n)
-            }
-            .await;
-            let _ = server
-                .stop(lifeboat_postgres::StopMode::Fast, Duration::from_secs(60))
-                .await;
-            rows
-        }
-        .await;
-        let _ = std::fs::remove_dir_all(&dir);
-        r
+        // Credentials of the source's node (any node for a source that follows the primary:
+        // they are copies of one cluster).
+        let cfg = &self.backup.sources[&t.source];
+        let node = cfg
+            .postgres
+            .as_ref()
+            .and_then(|n| self.nodes.get(n))
+            .or_else(|| self.nodes.values().next())
+            .ok_or_else(|| Error::Invalid("no PostgreSQL node in the config".into()))?;
+        let spec = TestSpec {
+            source: &t.source,
+            query: &t.query,
+            scratch_dir: &t.scratch_dir,
+            os_user: &t.os_user,
+            login: node_conn(node)?,
+        };
+        crate::restore_test::run(&repo, &spec).await
     }
 }

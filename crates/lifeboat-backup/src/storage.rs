@@ -85,6 +85,11 @@ impl Storage {
     fn err(&self, op: &'static str, key: &str) -> impl FnOnce(object_store::Error) -> Error {
         let (key, repo) = (key.to_string(), self.location.clone());
         move |source| Error::Storage {
+            hint: if source.to_string().contains("No space left on device") {
+                "; free space where the repository lives (`lifeboat backup prune` also removes what failed backups left), then run the backup again"
+            } else {
+                ""
+            },
             op,
             key,
             repo,

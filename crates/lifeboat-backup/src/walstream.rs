@@ -1,8 +1,13 @@
 //! Continuous WAL: `pg_receivewal` run and supervised by the daemon, writing into a local
-//! spool; every `upload-every` the finished segments are stored (and removed from the spool)
+//! spool; every `upload-every` the finished segments are stored (and removed from the spool,
+//! but for the newest, which tells a restarted `pg_receivewal` where to resume)
 //! and the segment being written is stored as `<name>.partial`. The recovery point therefore
 //! trails the primary by about `upload-every`, not by a whole segment or `archive_timeout`.
 //! A replication slot keeps the server from recycling WAL the streamer has not received.
+//!
+//! The server to stream from is asked for before every start and on every tick: when it
+//! changes (a failover moved the primary), `pg_receivewal` is stopped and started against the
+//! new one, which serves the rest of the old timeline and then the new one.
 
 use crate::error::{Error, Result};
 use crate::postgres::{server_facts, wal_key, wal_store};
@@ -16,10 +21,19 @@ use tokio_util::sync::CancellationToken;
 
 pub const SLOT: &str = "lifeboat_wal";
 
+/// The connection string of the server to stream from now, or why there is none.
+pub type ConnSource = Arc<dyn Fn() -> Result<String> + Send + Sync>;
+
+/// A source that is always the same server.
+pub fn fixed(conninfo: String) -> ConnSource {
+    Arc::new(move || Ok(conninfo.clone()))
+}
+
 /// What the streamer did last; read by metrics and status.
 #[derive(Default)]
 pub struct WalStatus {
-    /// Unix time (ms) of the last upload that left the repository level with the spool.
+    /// Unix time (ms) at which the last upload pass began that left the repository level with
+    /// a running pg_receivewal (so with the server, up to network delay).
     pub last_synced_ms: AtomicU64,
     pub segments_stored: AtomicU64,
     pub restarts: AtomicU64,
@@ -28,7 +42,7 @@ pub struct WalStatus {
 
 pub struct WalStreamer {
     pub repo: Repo,
-    pub conninfo: String,
+    pub server: ConnSource,
     pub spool: PathBuf,
     pub upload_every: Duration,
     pub status: Arc<WalStatus>,
@@ -49,14 +63,24 @@ impl WalStreamer {
     pub async fn run(self, cancel: CancellationToken) {
         let mut uploaded: HashMap<String, (u64, SystemTime)> = HashMap::new();
         while !cancel.is_cancelled() {
-            let child = match self.start().await {
+            let conninfo = match (self.server)() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.note_error(&e);
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+            };
+            let mut child = match self.start(&conninfo).await {
                 Ok(c) => Some(c),
                 Err(e) => {
                     self.note_error(&e);
                     None
                 }
             };
-            let mut child = child;
             let mut tick = tokio::time::interval(self.upload_every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -64,14 +88,20 @@ impl WalStreamer {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = self.upload(&mut uploaded).await {
-                    self.note_error(&e);
-                }
+                // The repository is level with the server only while pg_receivewal runs.
                 let exited = match child.as_mut() {
                     Some(c) => c.try_wait().ok().flatten().is_some(),
                     None => true,
                 };
+                if let Err(e) = self.upload(&conninfo, &mut uploaded, !exited).await {
+                    self.note_error(&e);
+                }
                 if exited {
+                    self.status.restarts.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                if (self.server)().is_ok_and(|now| now != conninfo) {
+                    tracing::info!("the primary moved: streaming WAL from the new one");
                     self.status.restarts.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -86,7 +116,7 @@ impl WalStreamer {
                 let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
                 let _ = c.kill().await;
             }
-            if let Err(e) = self.upload(&mut uploaded).await {
+            if let Err(e) = self.upload(&conninfo, &mut uploaded, false).await {
                 self.note_error(&e);
             }
             if !cancel.is_cancelled() {
@@ -103,7 +133,7 @@ impl WalStreamer {
         *self.status.last_error.lock().expect("status") = Some(e.to_string());
     }
 
-    async fn start(&self) -> Result<tokio::process::Child> {
+    async fn start(&self, conninfo: &str) -> Result<tokio::process::Child> {
         std::fs::create_dir_all(&self.spool).map_err(Error::io(&self.spool))?;
         let bin = lifeboat_postgres::LocalServer::find_bin_dir()
             .map_err(|e| Error::Invalid(e.to_string()))?
@@ -115,7 +145,7 @@ impl WalStreamer {
                 "-S",
                 SLOT,
                 "-d",
-                &self.conninfo,
+                conninfo,
             ])
             .output()
             .await
@@ -129,19 +159,13 @@ impl WalStreamer {
                 detail: String::from_utf8_lossy(&slot.stderr).trim().to_string(),
             });
         }
+        self.prepare_spool()?;
         let log = std::fs::File::create(self.spool.with_extension("log"))
             .map_err(Error::io(&self.spool))?;
         tokio::process::Command::new(&bin)
             .arg("-D")
             .arg(&self.spool)
-            .args([
-                "-S",
-                SLOT,
-                "-d",
-                &self.conninfo,
-                "--synchronous",
-                "--no-loop",
-            ])
+            .args(["-S", SLOT, "-d", conninfo, "--synchronous", "--no-loop"])
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
@@ -154,11 +178,69 @@ impl WalStreamer {
 
     /// Stores finished segments (then drops them from the spool), history files, and the
     /// segment in progress when it changed.
-    async fn upload(&self, uploaded: &mut HashMap<String, (u64, SystemTime)>) -> Result<()> {
+    /// Sets where pg_receivewal resumes: it starts at the beginning of the newest `.partial`
+    /// in the spool, or after the newest finished segment. The newest finished segment is
+    /// renamed `.partial`, so that it is streamed again from its start: a position on its
+    /// timeline before any switch to a later one. After a failover the new primary then
+    /// serves the rest of the old timeline and switches to its own (pg_receivewal refuses to
+    /// start exactly at a switch point, and a start after it is not in the server's history).
+    ///
+    /// When the last run was refused anyway (the old primary wrote more than a segment the
+    /// new one never received), the spool's segments (all stored already) are set aside, so
+    /// that streaming resumes where the new primary's replication slot is; verify reports the
+    /// gap that may leave.
+    fn prepare_spool(&self) -> Result<()> {
+        let log = std::fs::read_to_string(self.spool.with_extension("log")).unwrap_or_default();
+        let segments = |spool: &Path| -> Result<Vec<String>> {
+            let mut names: Vec<String> = std::fs::read_dir(spool)
+                .map_err(Error::io(spool))?
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| {
+                    let base = n.strip_suffix(".partial").unwrap_or(n);
+                    base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())
+                })
+                .collect();
+            names.sort_by(|a, b| (&a[8..], &a[..8]).cmp(&(&b[8..], &b[..8])));
+            Ok(names)
+        };
+        if log.contains("is not in this server's history") {
+            let aside = self.spool.with_extension("diverged");
+            std::fs::create_dir_all(&aside).map_err(Error::io(&aside))?;
+            for name in segments(&self.spool)? {
+                let from = self.spool.join(&name);
+                std::fs::rename(&from, aside.join(&name)).map_err(Error::io(&from))?;
+            }
+            self.note_error(&Error::Command {
+                what: "continuous WAL".into(),
+                detail: format!(
+                    "the WAL received so far is not in the new primary's history (its old timeline went further); streaming resumes at the new primary's replication slot, moved the spool's segments to {}; `lifeboat backup verify` shows any gap this leaves",
+                    aside.display()
+                ),
+            });
+            return Ok(());
+        }
+        if let Some(newest) = segments(&self.spool)?.pop() {
+            if !newest.ends_with(".partial") {
+                let from = self.spool.join(&newest);
+                let to = self.spool.join(format!("{newest}.partial"));
+                std::fs::rename(&from, &to).map_err(Error::io(&from))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `streaming`: pg_receivewal was running when this pass began, so once the pass is
+    /// done the repository holds everything the server had sent by then.
+    async fn upload(
+        &self,
+        conninfo: &str,
+        uploaded: &mut HashMap<String, (u64, SystemTime)>,
+        streaming: bool,
+    ) -> Result<()> {
         let system = match self.system.get() {
             Some(s) => s.clone(),
             None => {
-                let (id, _) = server_facts(&self.conninfo).await?;
+                let (id, _) = server_facts(conninfo).await?;
                 self.system.get_or_init(|| id).clone()
             }
         };
@@ -168,25 +250,40 @@ impl WalStreamer {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         names.sort();
+        let is_segment = |n: &str| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit());
+        // The newest finished segment (by position, then timeline) stays in the spool: a
+        // restarted pg_receivewal resumes right after the newest segment it finds there, and
+        // with none it would start where its replication slot is, which on a newly promoted
+        // primary is a new slot, past WAL not yet received.
+        let newest = names
+            .iter()
+            .filter(|n| is_segment(n))
+            .max_by_key(|n| (&n[8..], &n[..8]))
+            .cloned();
         for name in names {
             let path = self.spool.join(&name);
-            let finished = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let finished = is_segment(&name);
+            let keep = finished && Some(&name) == newest.as_ref();
             if finished || name.ends_with(".history") {
-                if uploaded.contains_key(&name) {
-                    continue;
+                let new = !uploaded.contains_key(&name);
+                if new {
+                    store_file(&self.repo, &system, &path, &name).await?;
+                    uploaded.insert(name.clone(), (0, UNIX_EPOCH));
                 }
-                store_file(&self.repo, &system, &path, &name).await?;
                 if finished {
+                    // Its copy in progress is obsolete once the whole segment is stored.
                     let partial = format!("{name}.partial");
-                    self.repo
-                        .storage
-                        .delete(&wal_key(&system, &partial))
-                        .await?;
-                    uploaded.remove(&partial);
-                    self.status.segments_stored.fetch_add(1, Ordering::Relaxed);
-                    std::fs::remove_file(&path).map_err(Error::io(&path))?;
-                } else {
-                    uploaded.insert(name, (0, UNIX_EPOCH));
+                    if uploaded.remove(&partial).is_some() || new {
+                        let key = wal_key(&system, &partial);
+                        self.repo.storage.delete(&key).await?;
+                    }
+                    if new {
+                        self.status.segments_stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if !keep {
+                        std::fs::remove_file(&path).map_err(Error::io(&path))?;
+                        uploaded.remove(&name);
+                    }
                 }
             } else if name.ends_with(".partial") {
                 let md = std::fs::metadata(&path).map_err(Error::io(&path))?;
@@ -198,7 +295,9 @@ impl WalStreamer {
                 uploaded.insert(name, stamp);
             }
         }
-        self.status.last_synced_ms.store(started, Ordering::Relaxed);
+        if streaming {
+            self.status.last_synced_ms.store(started, Ordering::Relaxed);
+        }
         Ok(())
     }
 }

@@ -41,6 +41,17 @@ pub struct SourceConfig {
     pub paths: Vec<PathBuf>,
     /// The name of a node in `regions`; base backups use its address and credentials.
     pub postgres: Option<String>,
+    /// Back up whichever node is the primary now, and stream WAL from it: the node Lifeboat
+    /// records as primary (`lifeboat run`), or the one writable node (offline commands).
+    /// Backups and continuous WAL then carry on after a failover.
+    #[serde(default)]
+    pub follow_primary: bool,
+}
+
+impl SourceConfig {
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some() || self.follow_primary
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -67,6 +78,12 @@ pub struct BackupTierConfig {
     /// An alert condition is exported when the newest good snapshot is older than this
     /// (default: twice `every`).
     pub rpo: Option<Dur>,
+    /// Back up the sources together as one consistent group labelled with the tier's name:
+    /// every database gets one restore point within milliseconds of the others
+    /// (`lifeboat restore group TIER`). Each database's WAL must be archived into the same
+    /// repository.
+    #[serde(default)]
+    pub consistent: bool,
 }
 
 impl BackupTierConfig {
@@ -173,13 +190,16 @@ impl BackupConfig {
         };
         for (name, s) in &self.sources {
             let p = format!("{path}.sources.{name}");
-            match (&s.postgres, s.paths.is_empty()) {
-                (Some(_), false) => r.error(p.clone(), "set either paths or postgres, not both"),
-                (None, true) => r.error(
+            let kinds = usize::from(s.postgres.is_some())
+                + usize::from(s.follow_primary)
+                + usize::from(!s.paths.is_empty());
+            match (&s.postgres, kinds) {
+                (_, 0) => r.error(
                     p.clone(),
-                    "set paths = [\"/dir\", …] or postgres = \"NODE\"",
+                    "set paths = [\"/dir\", …], postgres = \"NODE\" or follow-primary = true",
                 ),
-                (Some(n), true) if !nodes.contains(&n.as_str()) => r.error(
+                (_, 2..) => r.error(p.clone(), "set one of paths, postgres and follow-primary"),
+                (Some(n), _) if !nodes.contains(&n.as_str()) => r.error(
                     format!("{p}.postgres"),
                     format!("no node {n:?} in regions (known: {})", nodes.join(", ")),
                 ),
@@ -197,6 +217,12 @@ impl BackupConfig {
             }
             match t.kind {
                 TierKind::Copy => {
+                    if t.consistent {
+                        r.error(
+                            format!("{p}.consistent"),
+                            "a copy tier copies the groups of its repository; only backup tiers take groups",
+                        );
+                    }
                     match &t.copy_to {
                         None => r.error(
                             format!("{p}.copy-to"),
@@ -227,6 +253,21 @@ impl BackupConfig {
                     for (i, s) in t.sources.iter().enumerate() {
                         source_ok(r, format!("{p}.sources[{i}]"), s);
                     }
+                    // A group's label and member names name restore points and directories.
+                    if t.consistent {
+                        let safe = |n: &str| {
+                            (1..=40).contains(&n.len())
+                                && !n.starts_with('.')
+                                && n.bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                        };
+                        if !safe(name) {
+                            r.error(p.clone(), "a consistent tier's name labels its groups: use 1 to 40 letters, digits, '.', '_' or '-'");
+                        }
+                        for (i, s) in t.sources.iter().enumerate().filter(|(_, s)| !safe(s)) {
+                            r.error(format!("{p}.sources[{i}]"), format!("source {s:?} in a consistent tier: use 1 to 40 letters, digits, '.', '_' or '-'"));
+                        }
+                    }
                 }
             }
         }
@@ -236,7 +277,7 @@ impl BackupConfig {
             if self
                 .sources
                 .get(&w.source)
-                .is_some_and(|s| s.postgres.is_none())
+                .is_some_and(|s| !s.is_postgres())
             {
                 r.error(
                     format!("{path}.wal.source"),
@@ -250,6 +291,16 @@ impl BackupConfig {
         if let Some(t) = &self.restore_test {
             repo_ok(r, format!("{path}.restore-test.repository"), &t.repository);
             source_ok(r, format!("{path}.restore-test.source"), &t.source);
+            if self
+                .sources
+                .get(&t.source)
+                .is_some_and(|s| !s.is_postgres())
+            {
+                r.error(
+                    format!("{path}.restore-test.source"),
+                    format!("source {:?} is not a PostgreSQL source", t.source),
+                );
+            }
             if t.query.trim().is_empty() {
                 r.error(
                     format!("{path}.restore-test.query"),

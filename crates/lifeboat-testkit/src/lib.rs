@@ -67,6 +67,51 @@ pub fn give_to_postgres(path: &Path) -> Result<()> {
     Ok(any.prepare_dir(path)?)
 }
 
+/// A small real file system (tmpfs of `size`, e.g. `"24m"`) mounted at a directory, to fill up
+/// on purpose; unmounted when dropped. Needs root, as the tests and CI run.
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, size: &str) -> Result<SmallDisk> {
+        std::fs::create_dir_all(path)?;
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mounting a {size} tmpfs at {}: {} (the tests run as root)",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

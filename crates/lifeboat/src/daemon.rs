@@ -152,6 +152,10 @@ pub async fn start(cfg: Config) -> Result<Running> {
         }
     });
     if let Some(s) = scheduler {
+        // Sources that follow the primary back up, and stream WAL from, the node the
+        // controller holds as primary: they carry on after a failover.
+        let h = handle.clone();
+        let s = s.following(Arc::new(move || h.status().primary));
         tasks.spawn(s.run(cancel.clone()));
     }
     info!(endpoint = %endpoint_addr, api = %api_addr, service = %cfg.service.name, "lifeboat running");

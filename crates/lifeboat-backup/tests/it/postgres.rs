@@ -1,7 +1,7 @@
 use crate::helpers::new_repo;
 use anyhow::Result;
 use lifeboat_backup::archiver::BackupOptions;
-use lifeboat_backup::postgres::{base_backup, restore_pitr, Target};
+use lifeboat_backup::postgres::{base_backup, restore_pitr, Pick, Target};
 use lifeboat_backup::progress::Progress;
 use lifeboat_backup::walstream::{WalStatus, WalStreamer};
 use lifeboat_postgres::InitOptions;
@@ -35,7 +35,7 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     let status = Arc::new(WalStatus::default());
     let streamer = WalStreamer {
         repo: repo.clone(),
-        conninfo: conninfo.clone(),
+        server: lifeboat_backup::walstream::fixed(conninfo.clone()),
         spool: dir.path().join("spool"),
         upload_every: Duration::from_millis(200),
         status: status.clone(),
@@ -66,7 +66,14 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     );
 
     let to = dir.path().join("restored");
-    let summary = restore_pitr(&repo, Target::Latest, None, &to, &Progress::hidden()).await?;
+    let summary = restore_pitr(
+        &repo,
+        Target::Latest,
+        Pick::default(),
+        &to,
+        &Progress::hidden(),
+    )
+    .await?;
     assert!(summary.wal_files >= 1);
     let n = PgCluster::query_restored(&dir, "restored", "SELECT count(*)::text FROM t").await?;
     assert_eq!(n, "50");
@@ -130,7 +137,14 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
     pg.stop().await?;
 
     let to = dir.path().join("restored");
-    restore_pitr(&repo, Target::Latest, None, &to, &Progress::hidden()).await?;
+    restore_pitr(
+        &repo,
+        Target::Latest,
+        Pick::default(),
+        &to,
+        &Progress::hidden(),
+    )
+    .await?;
     let n = PgCluster::query_restored(&dir, "restored", "SELECT count(*)::text FROM t").await?;
     assert_eq!(n, "4");
     Ok(())

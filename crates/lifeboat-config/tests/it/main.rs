@@ -146,10 +146,28 @@ repository = "main"
 copy-to = "main"
 every = "7d"
 keep = { weekly = 4 }
+consistent = true
+
+[backup.tiers."night run"]
+kind = "full"
+sources = ["db", "both"]
+repository = "main"
+every = "1d"
+keep = { daily = 7 }
+consistent = true
+
+[backup.sources.files]
+paths = ["/srv/files"]
 
 [backup.wal]
 source = "both"
 repository = "elsewhere"
+
+[backup.restore-test]
+source = "files"
+repository = "main"
+every = "1d"
+query = "SELECT 1"
 "#,
     )
     .unwrap();
@@ -158,13 +176,16 @@ repository = "elsewhere"
     expect![[r#"
         error: backup.repositories.main.location (line 21): only directories and s3:// locations are supported
         error: backup.repositories.main (line 20): set password-file or password-env
-        error: backup.sources.both (line 26): set either paths or postgres, not both
+        error: backup.sources.both (line 26): set one of paths, postgres and follow-primary
         error: backup.sources.db.postgres (line 24): no node "c9" in regions (known: a1, b1)
         error: backup.tiers.hot.every (line 34): must be at least 1s
         error: backup.tiers.hot.keep (line 35): keeps nothing; set at least one of last, hourly, daily, weekly, monthly, yearly
         error: backup.tiers.hot.sources[1] (line 32): source "missing" is not defined under backup.sources
+        error: backup.tiers.night run (line 45): a consistent tier's name labels its groups: use 1 to 40 letters, digits, '.', '_' or '-'
+        error: backup.tiers.offsite.consistent (line 43): a copy tier copies the groups of its repository; only backup tiers take groups
         error: backup.tiers.offsite.copy-to (line 40): must differ from repository
-        error: backup.wal.repository (line 46): repository "elsewhere" is not defined under backup.repositories
+        error: backup.wal.repository (line 58): repository "elsewhere" is not defined under backup.repositories
+        error: backup.restore-test.source (line 61): source "files" is not a PostgreSQL source
         warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
         warning: failover.replication: async replication can lose the last acknowledged writes in an automatic failover
     "#]].assert_eq(&report);

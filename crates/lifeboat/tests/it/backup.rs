@@ -5,13 +5,13 @@ use crate::{stderr, stdout, Daemon, BIN};
 use anyhow::{Context, Result};
 use lifeboat_postgres::InitOptions;
 use lifeboat_testkit::tree::{describe, make_tree, random_bytes};
-use lifeboat_testkit::{free_port, PgCluster, S3Server, TestDir, TwoRegions};
+use lifeboat_testkit::{free_port, PgCluster, S3Server, SmallDisk, TestDir, TwoRegions};
 use serde_json::Value;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// A `lifeboat` command on a repository, with the passphrase in the environment.
-fn lb(repo: &str, env: &[(&'static str, String)], args: &[&str]) -> Command {
+pub fn lb(repo: &str, env: &[(&'static str, String)], args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
     c.args(args)
         .env("LIFEBOAT_REPO", repo)
@@ -22,7 +22,7 @@ fn lb(repo: &str, env: &[(&'static str, String)], args: &[&str]) -> Command {
     c
 }
 
-fn ok(out: Output) -> Result<Output> {
+pub fn ok(out: Output) -> Result<Output> {
     anyhow::ensure!(
         out.status.success(),
         "exit {:?}: {}{}",
@@ -33,8 +33,35 @@ fn ok(out: Output) -> Result<Output> {
     Ok(out)
 }
 
-fn json(out: &Output) -> Result<Value> {
+pub fn json(out: &Output) -> Result<Value> {
     serde_json::from_str(&stdout(out)).with_context(|| stdout(out))
+}
+
+/// Switches to a new WAL segment and waits until the archiver has stored the one before;
+/// returns its name.
+pub async fn wait_archived(db: &tokio_postgres::Client) -> Result<String> {
+    let last: String = db
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await?
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let row = db
+            .query_one(
+                "SELECT last_archived_wal, failed_count FROM pg_stat_archiver",
+                &[],
+            )
+            .await?;
+        let (archived, failed): (Option<String>, i64) = (row.get(0), row.get(1));
+        if archived.as_deref() >= Some(last.as_str()) {
+            return Ok(last);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "WAL {last} not archived in 60 s ({failed} failures)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -136,6 +163,52 @@ async fn a_backup_killed_halfway_leaves_a_valid_repository_and_the_next_one_reus
         .arg(&to)
         .output()?)?;
     assert_eq!(describe(&to)?, describe(&src)?);
+    Ok(())
+}
+
+/// A repository on a full disk: the backup fails naming the cause, the snapshots before it
+/// stay restorable, and once prune has removed the failed backup's packs the next one fits.
+#[tokio::test]
+async fn a_full_disk_fails_the_backup_with_the_reason_and_keeps_earlier_snapshots() -> Result<()> {
+    let dir = TestDir::new("fulldisk")?;
+    let disk = SmallDisk::mount(&dir.path().join("disk"), "24m")?;
+    let repo_dir = disk.path().join("repo");
+    let repo = repo_dir.to_str().unwrap();
+    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let small = dir.path().join("small");
+    make_tree(&small, 7)?;
+    ok(lb(repo, &[], &["backup", "run"]).arg(&small).output()?)?;
+
+    let big = dir.path().join("big");
+    std::fs::create_dir_all(&big)?;
+    for i in 0..8 {
+        std::fs::write(
+            big.join(format!("r{i}")),
+            random_bytes(100 + i, 4 * 1024 * 1024),
+        )?;
+    }
+    let out = lb(repo, &[], &["backup", "run"]).arg(&big).output()?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "No space left on device (os error 28); free space where the repository lives"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let v = ok(lb(repo, &[], &["backup", "verify", "--read-data"]).output()?)?;
+    assert!(stdout(&v).contains("no errors found"), "{}", stdout(&v));
+    let to = dir.path().join("restored");
+    ok(lb(repo, &[], &["restore", "latest", "--to"])
+        .arg(&to)
+        .output()?)?;
+    assert_eq!(describe(&to)?, describe(&small)?);
+
+    ok(lb(repo, &[], &["backup", "prune", "--keep-last", "5"]).output()?)?;
+    for i in 0..5 {
+        std::fs::remove_file(big.join(format!("r{i}")))?;
+    }
+    ok(lb(repo, &[], &["backup", "run"]).arg(&big).output()?)?;
     Ok(())
 }
 
@@ -241,29 +314,7 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     for id in 4..=6 {
         db.execute("INSERT INTO t (id) VALUES ($1)", &[&id]).await?;
     }
-    let last: String = db
-        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
-        .await?
-        .get(0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let archived: Option<String> = db
-            .query_one("SELECT last_archived_wal FROM pg_stat_archiver", &[])
-            .await?
-            .get(0);
-        if archived.as_deref() >= Some(last.as_str()) {
-            break;
-        }
-        let failed: i64 = db
-            .query_one("SELECT failed_count FROM pg_stat_archiver", &[])
-            .await?
-            .get(0);
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "WAL {last} not archived in 60 s ({failed} failures)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = wait_archived(&db).await?;
 
     // wal fetch gives back what was pushed; a second push of the same file is fine, of other
     // content under the same name refused; an unknown name is a quiet exit 1.
@@ -353,7 +404,76 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
         "{}",
         stderr(&out)
     );
+    // Past the newest archived WAL: refused up front, nothing written.
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)?;
+    let out = lb(repo, &[], &["restore", "postgres", "--at", &later, "--to"])
+        .arg(dir.path().join("x"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains(
+            "the archived WAL of this database ends before the target: its newest WAL file"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("x").exists());
+    // One more archived segment, so that a segment lost below it is a hole in the chain.
+    db.execute("INSERT INTO t (id) VALUES (7)", &[]).await?;
+    wait_archived(&db).await?;
     pg.stop().await?;
+
+    // A copy in a second repository recovers to the same point: the WAL went along.
+    let dr = dir.subdir("dr")?;
+    let dr = dr.to_str().unwrap();
+    ok(lb(dr, &[], &["backup", "init", "--from-repo", repo]).output()?)?;
+    let copied = json(&ok(lb(
+        repo,
+        &[],
+        &["backup", "copy", "--to", dr, "--json"],
+    )
+    .output()?)?)?;
+    assert!(copied["wal_files_sent"].as_u64() >= Some(2), "{copied}");
+    let to = dir.path().join("dr-at-target");
+    ok(lb(dr, &[], &["restore", "postgres", "--at", &at, "--to"])
+        .arg(&to)
+        .output()?)?;
+    let ids = PgCluster::query_restored(&dir, "dr-at-target", sql).await?;
+    assert_eq!(ids, "1,2,3", "rows committed before {at}, from the copy");
+
+    // A WAL segment lost from the copy (the first after the base backup's end): verify names
+    // it, and a restore past it is refused instead of quietly stopping early.
+    let end_lsn = base["snapshot"]["postgres"]["end_lsn"].as_str().unwrap();
+    let (hi, lo) = end_lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16)? << 32) | u64::from_str_radix(lo, 16)?;
+    let seg = lsn / (16 * 1024 * 1024) + 1;
+    let lost = format!("00000001{:08X}{:08X}", seg >> 8, seg & 0xff);
+    let system = base["snapshot"]["postgres"]["system_identifier"]
+        .as_str()
+        .unwrap();
+    std::fs::remove_file(
+        std::path::Path::new(dr)
+            .join("wal")
+            .join(system)
+            .join(&lost),
+    )?;
+    let v = lb(dr, &[], &["backup", "verify"]).output()?;
+    assert_eq!(v.status.code(), Some(1));
+    assert!(
+        stdout(&v).contains(&format!("error: WAL of database {system}: {lost} missing")),
+        "{}",
+        stdout(&v)
+    );
+    let out = lb(dr, &[], &["restore", "postgres", "--to"])
+        .arg(dir.path().join("y"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("WAL {lost} of this database is missing from {dr}")),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 
@@ -450,5 +570,162 @@ scratch-dir = "{scratch}"
     };
     assert!((1..=2).contains(&count("files")), "{list}");
     assert!((1..=2).contains(&count("db")), "{list}");
+    Ok(())
+}
+
+/// The value of an unlabelled metric in a /metrics text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Continuous WAL and scheduled base backups of a source that follows the primary carry on
+/// through a failover: the next base backup is of the new primary, and both the base backup
+/// from before the failover (replaying across the timeline switch) and the newest one restore
+/// every row acknowledged before and after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_and_continuous_wal_follow_the_primary_through_a_failover() -> Result<()> {
+    let regions = TwoRegions::start("walfollow", "").await?;
+    let dir = &regions.dir;
+    let repo_dir = dir.subdir("repo")?;
+    let repo = repo_dir.to_str().unwrap();
+    let pass = dir.path().join("backup-passphrase");
+    std::fs::write(&pass, "correct horse\n")?;
+    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let mut config = std::fs::read_to_string(&regions.config_path)?;
+    config.push_str(&format!(
+        r#"
+[backup.repositories.main]
+location = "{repo}"
+password-file = "{pass}"
+
+[backup.sources.db]
+follow-primary = true
+
+[backup.tiers.frequent]
+kind = "full"
+sources = ["db"]
+repository = "main"
+every = "3s"
+keep = {{ last = 10 }}
+
+[backup.wal]
+source = "db"
+repository = "main"
+spool-dir = "{spool}"
+upload-every = "300ms"
+"#,
+        pass = pass.display(),
+        spool = dir.path().join("spool").display(),
+    ));
+    std::fs::write(&regions.config_path, config)?;
+    let daemon = Daemon::start(&regions, "us-east-1").await?;
+    let conn = regions.endpoint_conninfo();
+
+    write_rows(&conn, 1, 50).await?;
+    wait_for_base_backup_of(repo, &regions.primary, &daemon).await?;
+    wait_wal_synced(&daemon, unix_now() + 0.5).await?;
+    let before = snapshots(repo)?
+        .iter()
+        .rev()
+        .find(|s| is_of(s, &regions.primary))
+        .and_then(|s| s["id"].as_str().map(str::to_string))
+        .unwrap();
+
+    regions.primary.kill()?;
+    daemon
+        .wait_until("failover to eu-west-1", Duration::from_secs(30), |s| {
+            s["primary"] == "eu-west-1" && s["in_flight"].is_null()
+        })
+        .await?;
+    write_rows(&conn, 51, 100).await?;
+    wait_wal_synced(&daemon, unix_now() + 0.5).await?;
+    wait_for_base_backup_of(repo, &regions.standby, &daemon).await?;
+    drop(daemon);
+
+    let sql = "SELECT count(*)::text || ' ' || max(id)::text FROM t";
+    ok(lb(
+        repo,
+        &[],
+        &["restore", "postgres", "--base", &before[..12], "--to"],
+    )
+    .arg(dir.path().join("from-before"))
+    .output()?)?;
+    let rows = PgCluster::query_restored(dir, "from-before", sql).await?;
+    assert_eq!(
+        rows, "100 100",
+        "replayed from us-east-1's base backup across the failover"
+    );
+    ok(lb(repo, &[], &["restore", "postgres", "--to"])
+        .arg(dir.path().join("newest"))
+        .output()?)?;
+    let rows = PgCluster::query_restored(dir, "newest", sql).await?;
+    assert_eq!(rows, "100 100", "from eu-west-1's base backup");
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+async fn write_rows(conn: &lifeboat_postgres::ConnInfo, from: i32, to: i32) -> Result<()> {
+    let (c, connection) =
+        tokio_postgres::connect(&conn.to_libpq(None), tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    c.batch_execute("CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+        .await?;
+    for id in from..=to {
+        c.execute("INSERT INTO t VALUES ($1)", &[&id]).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the repository holds every WAL byte the server sent before `after` (unix s).
+async fn wait_wal_synced(d: &Daemon, after: f64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = reqwest::get(format!("{}/metrics", d.api))
+            .await?
+            .text()
+            .await?;
+        if metric(&m, "lifeboat_backup_wal_last_sync_timestamp_seconds").is_some_and(|t| t > after)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "WAL not in sync after {after}:\n{m}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn snapshots(repo: &str) -> Result<Vec<Value>> {
+    let list = json(&ok(lb(repo, &[], &["backup", "list", "--json"]).output()?)?)?;
+    Ok(list.as_array().cloned().unwrap_or_default())
+}
+
+/// True when the snapshot is a base backup of `pg`.
+fn is_of(s: &Value, pg: &PgCluster) -> bool {
+    s["snapshot"]["roots"][0]
+        .as_str()
+        .is_some_and(|r| r.contains(&format!("port={} ", pg.port())))
+}
+
+async fn wait_for_base_backup_of(repo: &str, pg: &PgCluster, d: &Daemon) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !snapshots(repo)?.iter().any(|s| is_of(s, pg)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no base backup of {}:\n{}",
+            pg.name,
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod backup;
 mod bad_input;
 mod failover;
+mod groups;
 mod operations;
 
 use anyhow::{bail, Context, Result};

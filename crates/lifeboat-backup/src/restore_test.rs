@@ -1,0 +1,175 @@
+//! Test restores: the newest PostgreSQL base backup of a source and all its WAL restored into a
+//! scratch directory, started as a real server on a free loopback port, a query run, the server
+//! stopped and the directory removed. Each test is recorded in the repository
+//! (`tests/<hash>`, sealed), so whoever reads the repository sees when a restore last worked.
+
+use crate::error::{Error, Result};
+use crate::postgres::{restore_pitr, Pick, Target};
+use crate::progress::Progress;
+use crate::repo::Repo;
+use lifeboat_postgres::{ConnInfo, LocalServer, StopMode};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Test records kept per source; prune deletes older ones.
+pub const RECORDS_KEPT: usize = 100;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub source: String,
+    /// The base backup restored (empty when the restore did not get that far).
+    pub base_snapshot: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Rows the query returned.
+    pub rows: usize,
+    pub restore_s: f64,
+    /// From `pg_ctl start` until the server answered (WAL replay included).
+    pub start_s: f64,
+    pub total_s: f64,
+}
+
+/// What a test needs besides the repository.
+pub struct TestSpec<'a> {
+    pub source: &'a str,
+    pub query: &'a str,
+    pub scratch_dir: &'a Path,
+    /// OS user to run the server as when Lifeboat runs as root.
+    pub os_user: &'a str,
+    /// User, database and password to connect with (host and port are the scratch server's).
+    pub login: ConnInfo,
+}
+
+/// Runs one test and records it; the record says whether it passed.
+pub async fn run(repo: &Repo, spec: &TestSpec<'_>) -> Result<TestRecord> {
+    let started = Instant::now();
+    let mut record = TestRecord {
+        time: OffsetDateTime::now_utc(),
+        source: spec.source.to_string(),
+        base_snapshot: String::new(),
+        ok: false,
+        error: None,
+        rows: 0,
+        restore_s: 0.0,
+        start_s: 0.0,
+        total_s: 0.0,
+    };
+    let dir = spec
+        .scratch_dir
+        .join(format!("restore-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let outcome = async {
+        std::fs::create_dir_all(spec.scratch_dir).map_err(Error::io(spec.scratch_dir))?;
+        let restored = restore_pitr(
+            repo,
+            Target::Latest,
+            Pick {
+                source: Some(spec.source),
+                base: None,
+            },
+            &dir,
+            &Progress::hidden(),
+        )
+        .await?;
+        record.base_snapshot = restored.base_snapshot;
+        record.restore_s = started.elapsed().as_secs_f64();
+        query_restored(&dir, spec, &mut record).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    record.total_s = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok(rows) => {
+            record.ok = true;
+            record.rows = rows;
+        }
+        Err(e) => record.error = Some(e.to_string()),
+    }
+    repo.save_json("tests", &record).await?;
+    Ok(record)
+}
+
+async fn query_restored(dir: &Path, spec: &TestSpec<'_>, record: &mut TestRecord) -> Result<usize> {
+    let fail = |what: &str, e: String| Error::Command {
+        what: format!("restore test: {what}"),
+        detail: e,
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(Error::io(dir))?
+        .port();
+    let server = LocalServer {
+        bin_dir: LocalServer::find_bin_dir().map_err(|e| Error::Invalid(e.to_string()))?,
+        data_dir: dir.to_path_buf(),
+        os_user: nix::unistd::geteuid()
+            .is_root()
+            .then(|| spec.os_user.to_string()),
+        port,
+    };
+    let starting = Instant::now();
+    server
+        .start(Duration::from_secs(300))
+        .await
+        .map_err(|e| fail("starting PostgreSQL", e.to_string()))?;
+    record.start_s = starting.elapsed().as_secs_f64();
+    let login = ConnInfo {
+        host: "127.0.0.1".into(),
+        port,
+        ..spec.login.clone()
+    };
+    let rows = async {
+        let (client, conn) = tokio_postgres::connect(
+            &login.to_libpq(Some("lifeboat-restore-test")),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .map_err(|e| fail("connecting", e.to_string()))?;
+        // Ends with the client, at the end of this block.
+        tokio::spawn(conn);
+        let rows = client
+            .simple_query(spec.query)
+            .await
+            .map_err(|e| fail("query", e.to_string()))?;
+        let n = rows
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        if n == 0 {
+            return Err(fail("query", "returned no row".into()));
+        }
+        Ok(n)
+    }
+    .await;
+    let _ = server.stop(StopMode::Fast, Duration::from_secs(60)).await;
+    rows
+}
+
+/// Every test record, oldest first.
+pub async fn records(repo: &Repo) -> Result<Vec<(String, TestRecord)>> {
+    let mut all = Vec::new();
+    for l in repo.storage.list("tests/").await? {
+        all.push((l.key.clone(), repo.load_json::<TestRecord>(&l.key).await?));
+    }
+    all.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+    Ok(all)
+}
+
+/// Keys of the records beyond the newest [`RECORDS_KEPT`] of each source.
+pub fn outdated(records: &[(String, TestRecord)]) -> Vec<String> {
+    let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+    let mut out = Vec::new();
+    for (key, r) in records.iter().rev() {
+        let n = seen.entry(r.source.as_str()).or_default();
+        *n += 1;
+        if *n > RECORDS_KEPT {
+            out.push(key.clone());
+        }
+    }
+    out
+}
