@@ -494,7 +494,7 @@ async fn run_backup(args: BackupArgs, config: Option<&Config>) -> Result<ExitCod
                 full,
                 wal_wait,
             };
-            let (id, g) = crate::group::backup_group(&r, &members, &opts).await?;
+            let (id, g, _) = crate::group::backup_group(&r, &members, &opts).await?;
             if repo.json {
                 print_json(&serde_json::json!({ "id": id.hex(), "group": g }));
             } else {

@@ -94,12 +94,13 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// Backs up every member at once, then marks one point in all databases, waits until the WAL
-/// holding it is stored, and records the group.
+/// holding it is stored, and records the group. Returns the record and its snapshots, in the
+/// members' order.
 pub async fn backup_group(
     repo: &Repo,
     members: &[Member],
     opts: &GroupOptions,
-) -> Result<(Id, GroupRecord)> {
+) -> Result<(Id, GroupRecord, Vec<(Id, Snapshot)>)> {
     let label = &opts.label;
     check_name("group label", label)?;
     if members.is_empty() {
@@ -237,7 +238,7 @@ pub async fn backup_group(
             .collect(),
     };
     let id = repo.save_json("groups", &record).await?;
-    Ok((id, record))
+    Ok((id, record, snapshots))
 }
 
 /// Polls the repository until `wal/<system>/<segment>` exists; `Err(waited)` after `wait`.

@@ -79,7 +79,8 @@ pub async fn base_backup(
                 .collect::<Vec<String>>()
         });
         let stdout = child.stdout.take().expect("piped");
-        let chunks = saver.save_stream(stdout, &|n| bar.inc(n));
+        let sealers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chunks = saver.save_stream(stdout, &|n| bar.inc(n), sealers);
         let status = child.wait().map_err(|e| Error::Command {
             what: "pg_basebackup".into(),
             detail: e.to_string(),

@@ -53,12 +53,6 @@ impl Default for RepoConfig {
     }
 }
 
-/// The passphrase, from `--password-file` or `LIFEBOAT_PASSWORD`; a key file is a password file
-/// holding random bytes.
-pub fn passphrase(file: Option<&Path>, repo: &str) -> Result<Vec<u8>> {
-    passphrase_from(file, "LIFEBOAT_PASSWORD", repo)
-}
-
 /// The passphrase from `file` (any bytes: a key file works), else from the variable `env`.
 pub fn passphrase_from(file: Option<&Path>, env: &str, repo: &str) -> Result<Vec<u8>> {
     if let Some(f) = file {

@@ -510,16 +510,6 @@ impl Scheduler {
         Ok(run)
     }
 
-    fn backup_options(source: &str, tier: &str, full: bool) -> BackupOptions {
-        BackupOptions {
-            source: source.into(),
-            tier: tier.into(),
-            tags: vec![],
-            group: None,
-            full,
-        }
-    }
-
     async fn backup_source(
         &self,
         repo: &Repo,
@@ -528,7 +518,13 @@ impl Scheduler {
         full: bool,
     ) -> Result<(Id, Snapshot)> {
         let cfg = &self.backup.sources[source];
-        let opts = Self::backup_options(source, tier, full);
+        let opts = BackupOptions {
+            source: source.into(),
+            tier: tier.into(),
+            tags: vec![],
+            group: None,
+            full,
+        };
         if cfg.is_postgres() {
             let conninfo = node_conninfo(self.node_of(source).await?)?;
             base_backup(repo, &conninfo, opts, &Progress::hidden()).await
@@ -566,15 +562,12 @@ impl Scheduler {
             full,
             wal_wait: GROUP_WAL_WAIT,
         };
-        let (gid, record) = backup_group(repo, &members, &opts).await?;
-        let snaps = repo.snapshots().await?;
+        let (gid, record, snapshots) = backup_group(repo, &members, &opts).await?;
         let members = record
             .members
             .iter()
-            .filter_map(|m| {
-                let s = snaps.iter().find(|(id, _)| *id == m.snapshot)?;
-                Some((m.source.clone(), s.clone()))
-            })
+            .map(|m| m.source.clone())
+            .zip(snapshots)
             .collect();
         Ok((gid, record.spread_ms, members))
     }

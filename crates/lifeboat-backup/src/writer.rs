@@ -95,27 +95,80 @@ impl Saver {
     }
 
     /// Splits a stream into content-defined chunks and stores them; returns their ids in order.
-    /// `on_bytes` is called with the size of each chunk read.
-    pub fn save_stream(&self, r: impl Read, on_bytes: &dyn Fn(u64)) -> Result<Vec<Id>> {
+    /// `on_bytes` is called with the size of each chunk read. This thread cuts and hashes (in
+    /// stream order); with `sealers` > 0 new chunks are compressed, encrypted and packed on
+    /// that many more threads, so that a lone stream (a base backup) is not held to one core.
+    /// Directory backups pass 0: they already read one file per core, and more chunks in
+    /// flight would only cost memory.
+    pub fn save_stream(
+        &self,
+        r: impl Read,
+        on_bytes: &dyn Fn(u64),
+        sealers: usize,
+    ) -> Result<Vec<Id>> {
         let c = self.repo.config.chunker;
         let seed = self.repo.key.chunker_seed();
-        let mut ids = Vec::new();
-        for chunk in
-            StreamCDC::with_level_and_seed(r, c.min, c.avg, c.max, Normalization::Level1, seed)
-        {
-            let chunk = chunk.map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(e) => Error::Invalid(format!("reading: {e}")),
-                other => Error::Invalid(format!("chunking: {other:?}")),
-            })?;
-            self.counters
-                .bytes_read
-                .fetch_add(chunk.length as u64, Ordering::Relaxed);
-            on_bytes(chunk.length as u64);
-            let id = self.repo.key.chunk_id(&chunk.data);
-            self.save_blob(id, BlobKind::Data, &chunk.data)?;
-            ids.push(id);
-        }
-        Ok(ids)
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Id, Vec<u8>)>(sealers);
+        // Shared by the sealers only: once they have all stopped (on an error), a send fails.
+        let rx = Arc::new(Mutex::new(rx));
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..sealers)
+                .map(|_| {
+                    let rx = rx.clone();
+                    scope.spawn(move || -> Result<()> {
+                        loop {
+                            let next = rx.lock().expect("chunk queue").recv();
+                            let Ok((id, data)) = next else { return Ok(()) };
+                            let sealed = self.repo.key.seal(&data, self.repo.config.zstd_level);
+                            self.add_sealed(id, BlobKind::Data, &sealed, data.len())?;
+                        }
+                    })
+                })
+                .collect();
+            drop(rx);
+            let mut ids = Vec::new();
+            let mut failed = None;
+            let chunks =
+                StreamCDC::with_level_and_seed(r, c.min, c.avg, c.max, Normalization::Level1, seed);
+            for chunk in chunks {
+                let chunk = match chunk {
+                    Ok(ch) => ch,
+                    Err(fastcdc::v2020::Error::IoError(e)) => {
+                        failed = Some(Error::Invalid(format!("reading: {e}")));
+                        break;
+                    }
+                    Err(other) => {
+                        failed = Some(Error::Invalid(format!("chunking: {other:?}")));
+                        break;
+                    }
+                };
+                self.counters
+                    .bytes_read
+                    .fetch_add(chunk.length as u64, Ordering::Relaxed);
+                on_bytes(chunk.length as u64);
+                let id = self.repo.key.chunk_id(&chunk.data);
+                ids.push(id);
+                if !self.claim(id) {
+                    continue;
+                }
+                if sealers == 0 {
+                    let sealed = self.repo.key.seal(&chunk.data, self.repo.config.zstd_level);
+                    if let Err(e) = self.add_sealed(id, BlobKind::Data, &sealed, chunk.data.len()) {
+                        failed = Some(e);
+                        break;
+                    }
+                } else if tx.send((id, chunk.data)).is_err() {
+                    break; // every sealer stopped: its error is below
+                }
+            }
+            drop(tx);
+            for s in workers {
+                if let Err(e) = s.join().expect("sealer thread") {
+                    failed.get_or_insert(e);
+                }
+            }
+            failed.map_or(Ok(ids), Err)
+        })
     }
 
     /// Chunks a buffer already in memory.
@@ -159,7 +212,7 @@ impl Saver {
             }
             return self.save_bytes(&data, BlobKind::Data);
         }
-        self.save_stream(f, on_bytes).map_err(|e| match e {
+        self.save_stream(f, on_bytes, 0).map_err(|e| match e {
             Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
             e => e,
         })

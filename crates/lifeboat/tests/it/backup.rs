@@ -37,6 +37,30 @@ pub fn json(out: &Output) -> Result<Value> {
     serde_json::from_str(&stdout(out)).with_context(|| stdout(out))
 }
 
+/// A new repository in `dir/repo`, its passphrase in a file (also in the environment `lb`
+/// sets); returns its location and the passphrase file.
+pub fn new_repo(dir: &TestDir) -> Result<(String, std::path::PathBuf)> {
+    let repo = dir.subdir("repo")?.display().to_string();
+    let pass = dir.path().join("passphrase");
+    std::fs::write(&pass, "correct horse\n")?;
+    ok(lb(&repo, &[], &["backup", "init"]).output()?)?;
+    Ok((repo, pass))
+}
+
+/// A second repository `dir/dr` sharing `repo`'s keys, with everything copied to it; returns
+/// its location and the copy's JSON report.
+pub fn copy_to_second_repo(dir: &TestDir, repo: &str) -> Result<(String, Value)> {
+    let dr = dir.subdir("dr")?.display().to_string();
+    ok(lb(&dr, &[], &["backup", "init", "--from-repo", repo]).output()?)?;
+    let copied = json(&ok(lb(
+        repo,
+        &[],
+        &["backup", "copy", "--to", &dr, "--json"],
+    )
+    .output()?)?)?;
+    Ok((dr, copied))
+}
+
 /// Switches to a new WAL segment and waits until the archiver has stored the one before;
 /// returns its name.
 pub async fn wait_archived(db: &tokio_postgres::Client) -> Result<String> {
@@ -277,11 +301,8 @@ async fn bad_input_gets_a_clear_error_and_a_non_zero_exit() -> Result<()> {
 #[tokio::test]
 async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_target() -> Result<()> {
     let dir = TestDir::new("pitr")?;
-    let repo_dir = dir.subdir("repo")?;
-    let repo = repo_dir.to_str().unwrap();
-    let pass = dir.path().join("passphrase");
-    std::fs::write(&pass, "correct horse\n")?;
-    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let (repo, pass) = new_repo(&dir)?;
+    let repo = repo.as_str();
     let archive = format!(
         "archive_command = '{BIN} wal push --repo {repo} --password-file {} %p'",
         pass.display()
@@ -425,15 +446,8 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     pg.stop().await?;
 
     // A copy in a second repository recovers to the same point: the WAL went along.
-    let dr = dir.subdir("dr")?;
-    let dr = dr.to_str().unwrap();
-    ok(lb(dr, &[], &["backup", "init", "--from-repo", repo]).output()?)?;
-    let copied = json(&ok(lb(
-        repo,
-        &[],
-        &["backup", "copy", "--to", dr, "--json"],
-    )
-    .output()?)?)?;
+    let (dr, copied) = copy_to_second_repo(&dir, repo)?;
+    let dr = dr.as_str();
     assert!(copied["wal_files_sent"].as_u64() >= Some(2), "{copied}");
     let to = dir.path().join("dr-at-target");
     ok(lb(dr, &[], &["restore", "postgres", "--at", &at, "--to"])
@@ -481,11 +495,8 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
 async fn the_daemon_runs_tiers_with_retention_streams_wal_and_passes_restore_tests() -> Result<()> {
     let regions = TwoRegions::start("sched", "").await?;
     let dir = &regions.dir;
-    let repo_dir = dir.subdir("repo")?;
-    let repo = repo_dir.to_str().unwrap();
-    let pass = dir.path().join("backup-passphrase");
-    std::fs::write(&pass, "correct horse\n")?;
-    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let (repo, pass) = new_repo(dir)?;
+    let repo = repo.as_str();
     let files = dir.path().join("files");
     make_tree(&files, 9)?;
     let scratch = dir.subdir("scratch")?;
@@ -587,11 +598,8 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 async fn backups_and_continuous_wal_follow_the_primary_through_a_failover() -> Result<()> {
     let regions = TwoRegions::start("walfollow", "").await?;
     let dir = &regions.dir;
-    let repo_dir = dir.subdir("repo")?;
-    let repo = repo_dir.to_str().unwrap();
-    let pass = dir.path().join("backup-passphrase");
-    std::fs::write(&pass, "correct horse\n")?;
-    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let (repo, pass) = new_repo(dir)?;
+    let repo = repo.as_str();
     let mut config = std::fs::read_to_string(&regions.config_path)?;
     config.push_str(&format!(
         r#"

@@ -1,7 +1,7 @@
 //! Consistent groups of several databases and a directory, and backups driven by the
 //! `[backup]` section of the config, as a user runs them.
 
-use crate::backup::{json, lb, ok, wait_archived};
+use crate::backup::{copy_to_second_repo, json, lb, new_repo, ok, wait_archived};
 use crate::{stderr, stdout, BIN};
 use anyhow::Result;
 use lifeboat_postgres::InitOptions;
@@ -16,11 +16,8 @@ use std::process::Command;
 #[tokio::test]
 async fn a_group_restores_every_member_to_its_one_restore_point() -> Result<()> {
     let dir = TestDir::new("group")?;
-    let repo_dir = dir.subdir("repo")?;
-    let repo = repo_dir.to_str().unwrap();
-    let pass = dir.path().join("passphrase");
-    std::fs::write(&pass, "correct horse\n")?;
-    ok(lb(repo, &[], &["backup", "init"]).output()?)?;
+    let (repo, pass) = new_repo(&dir)?;
+    let repo = repo.as_str();
     let archiving = || InitOptions {
         settings: vec![
             "archive_mode = on".into(),
@@ -118,15 +115,8 @@ async fn a_group_restores_every_member_to_its_one_restore_point() -> Result<()> 
     );
 
     // The copy in a second region carries the group and the WAL its restore points need.
-    let dr = dir.subdir("dr")?;
-    let dr = dr.to_str().unwrap();
-    ok(lb(dr, &[], &["backup", "init", "--from-repo", repo]).output()?)?;
-    let copied = json(&ok(lb(
-        repo,
-        &[],
-        &["backup", "copy", "--to", dr, "--json"],
-    )
-    .output()?)?)?;
+    let (dr, copied) = copy_to_second_repo(&dir, repo)?;
+    let dr = dr.as_str();
     assert_eq!(copied["groups_copied"], 1, "{copied}");
     assert!(copied["wal_files_sent"].as_u64() > Some(0), "{copied}");
     let v = ok(lb(dr, &[], &["backup", "verify"]).output()?)?;
