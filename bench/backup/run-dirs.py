@@ -6,7 +6,8 @@
 Per repetition, for each tool on a fresh repository (both encrypt and compress): first backup,
 second backup after gen-data.py --mutate changed 5% of the files, full restore of the second
 snapshot, full data check. Wall time and peak memory (max RSS of the process) of each step;
-medians and ratios (restic / Lifeboat) at the end, raw figures in JSON.
+medians and ratios (restic / Lifeboat) at the end, raw figures in JSON. Needs, besides the
+release build, `apt-get install -y restic`.
 """
 import argparse
 import json

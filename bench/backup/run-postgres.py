@@ -3,6 +3,10 @@
 point of Lifeboat's continuous WAL.
 
   run-postgres.py [--reps N] [--scale S] [--work DIR] [--lifeboat PATH] [--out FILE]
+                  [--only backup|recovery-point]
+
+Needs, besides the release build: `apt-get install -y pgbackrest` and
+`python3 -m pip install 'psycopg[binary]'` (the recovery point's client).
 
 1. A PostgreSQL 15 cluster with `pgbench -i -s S` (70: about 1 GiB). Per repetition, on fresh
    repositories, both with compression and encryption (Lifeboat: zstd level 1, AES-256-GCM;
