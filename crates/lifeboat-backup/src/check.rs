@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::pack::{pack_key, Index, IndexFile, PackedBlob};
 use crate::postgres::{parse_lsn, stored_segments, wal_gaps, wal_key};
 use crate::progress::Progress;
-use crate::repo::{Repo, PACKS_IN_FLIGHT, PARALLEL_IO};
+use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::restorer::for_each_node;
 use crate::snapshot::{format_time, Snapshot};
 use futures::StreamExt;
@@ -269,7 +269,8 @@ async fn verify_wal(
                 };
                 (key, r)
             })
-            .buffer_unordered(PARALLEL_IO);
+            // WAL segments are pack-sized (16 MiB): as many in memory as packs.
+            .buffer_unordered(PACKS_IN_FLIGHT);
         while let Some((key, r)) = reads.next().await {
             match r {
                 Ok(n) => {

@@ -5,12 +5,12 @@ use crate::archiver::{backup_paths, BackupOptions};
 use crate::error::{Error, Result};
 use crate::group::{GroupOptions, Member};
 use crate::progress::Progress;
-use crate::repo::{passphrase_from, Repo};
+use crate::repo::Repo;
 use crate::restore_test::TestRecord;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{open_repo, passphrase_of, Scheduler};
 use crate::snapshot::short_time;
 use crate::storage::Storage;
-use lifeboat_config::{BackupConfig, Config, Retention};
+use lifeboat_config::{BackupConfig, Config, RepositoryConfig, Retention};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -29,25 +29,20 @@ pub struct RepoArgs {
     pub json: bool,
 }
 
-/// A repository's location, its name in the config if it has one, and its passphrase source.
+/// A repository as the config describes one (location and passphrase source), and its name
+/// there if it has one.
 struct Resolved {
-    location: String,
+    repo: RepositoryConfig,
     name: Option<String>,
-    password_file: Option<PathBuf>,
-    password_env: String,
 }
 
 impl Resolved {
     fn passphrase(&self) -> Result<Vec<u8>> {
-        passphrase_from(
-            self.password_file.as_deref(),
-            &self.password_env,
-            &self.location,
-        )
+        passphrase_of(&self.repo)
     }
 
     async fn open(&self) -> Result<Repo> {
-        Repo::open(Storage::open(&self.location, false)?, &self.passphrase()?).await
+        open_repo(&self.repo).await
     }
 }
 
@@ -59,25 +54,21 @@ fn resolve(which: &str, password_file: Option<&Path>, config: Option<&BackupConf
             .iter()
             .find(|(name, r)| *name == which || r.location == which)
     });
-    match named {
-        Some((name, r)) => Resolved {
-            location: r.location.clone(),
-            name: Some(name.clone()),
-            password_file: password_file
-                .map(Path::to_path_buf)
-                .or_else(|| r.password_file.clone()),
-            password_env: r
-                .password_env
-                .clone()
-                .unwrap_or_else(|| "LIFEBOAT_PASSWORD".into()),
-        },
-        None => Resolved {
-            location: which.to_string(),
-            name: None,
-            password_file: password_file.map(Path::to_path_buf),
-            password_env: "LIFEBOAT_PASSWORD".into(),
-        },
+    let (mut repo, name) = match named {
+        Some((name, r)) => (r.clone(), Some(name.clone())),
+        None => (
+            RepositoryConfig {
+                location: which.to_string(),
+                password_file: None,
+                password_env: None,
+            },
+            None,
+        ),
+    };
+    if let Some(f) = password_file {
+        repo.password_file = Some(f.to_path_buf());
     }
+    Resolved { repo, name }
 }
 
 impl RepoArgs {
@@ -351,8 +342,8 @@ fn other(
     config: Option<&BackupConfig>,
 ) -> Resolved {
     let mut r = resolve(which, file, config);
-    if r.name.is_none() && r.password_file.is_none() {
-        r.password_file = first.password_file.clone();
+    if r.name.is_none() && r.repo.password_file.is_none() {
+        r.repo.password_file = first.password_file.clone();
     }
     r
 }
@@ -395,7 +386,7 @@ async fn run_backup(args: BackupArgs, config: Option<&Config>) -> Result<ExitCod
         } => {
             let target = repo.resolve(backup_config)?;
             let pass = target.passphrase()?;
-            let storage = Storage::open(&target.location, true)?;
+            let storage = Storage::open(&target.repo.location, true)?;
             let r = match from_repo {
                 None => Repo::init(storage, &pass).await?,
                 Some(from) => {

@@ -7,7 +7,7 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::pack::{pack_key, BlobLoc};
-use crate::repo::{Repo, PACKS_IN_FLIGHT, PARALLEL_IO};
+use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::restorer::load_nodes;
 use crate::snapshot::Snapshot;
 use crate::writer::Writer;
@@ -189,7 +189,8 @@ async fn copy_wal(from: &Repo, to: &Repo, system: &str, report: &mut CopyReport)
             to.storage.put(&key, bytes.to_vec()).await?;
             Ok::<_, Error>(n)
         })
-        .buffer_unordered(PARALLEL_IO);
+        // WAL segments are pack-sized (16 MiB): as many in memory as packs.
+        .buffer_unordered(PACKS_IN_FLIGHT);
     while let Some(n) = sends.next().await {
         report.wal_files_sent += 1;
         report.bytes_sent += n?;

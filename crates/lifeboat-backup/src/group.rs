@@ -76,15 +76,9 @@ pub struct GroupOptions {
 }
 
 /// Labels and member names become restore point names, recovery settings and directory
-/// names, so they are kept to letters, digits, `.`, `_` and `-`.
+/// names ([`lifeboat_config::is_safe_name`]).
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if lifeboat_config::is_safe_name(name) {
         Ok(())
     } else {
         Err(Error::Invalid(format!(
@@ -338,12 +332,14 @@ pub async fn restore_group(repo: &Repo, which: &str, to: &Path) -> Result<GroupR
                     name: name.clone(),
                     lsn,
                 };
+                // The group's own base backup: the one the restore point was written after.
+                let base = m.snapshot.hex();
                 restore_pitr(
                     repo,
                     target,
                     Pick {
                         source: Some(&m.source),
-                        base: None,
+                        base: Some(&base),
                     },
                     &dest,
                     &Progress::hidden(),

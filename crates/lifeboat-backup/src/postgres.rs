@@ -526,7 +526,9 @@ pub async fn restore_pitr(
     // A hole in the chain would end the replay there, quietly: refuse instead. The base
     // backup holds its own WAL up to its end (and a primary switches segments there), so the
     // chain must be whole from the next segment on.
-    let end_seg = parse_lsn(&pg.end_lsn).map_or(start_seg, |l| l / pg.wal_segment_size + 1);
+    let end_lsn = parse_lsn(&pg.end_lsn)
+        .ok_or_else(|| Error::corrupt(format!("bad end LSN {}", pg.end_lsn)))?;
+    let end_seg = end_lsn / pg.wal_segment_size + 1;
     let chosen = stored_segments(wanted.iter().map(|(_, n)| n.as_str()), pg.wal_segment_size);
     if let Some((&last, _)) = chosen.last_key_value() {
         let gaps = wal_gaps(&chosen, end_seg, last, pg.wal_segment_size);
@@ -573,7 +575,6 @@ pub async fn restore_pitr(
             Ok::<_, Error>((name, key.ends_with(".partial"), plain))
         })
         .buffered(PARALLEL_IO / 2);
-    let end_lsn = parse_lsn(&pg.end_lsn).unwrap_or(0);
     while let Some(r) = fetches.next().await {
         let (name, partial, plain) = r?;
         let path = pg_wal.join(&name);

@@ -106,11 +106,29 @@ fn labels(source: &str, tier: &str) -> Labels {
     vec![("source", source.to_string()), ("tier", tier.to_string())]
 }
 
+/// The passphrase of a repository: from its `password-file`, else its `password-env`, else
+/// `LIFEBOAT_PASSWORD`.
+pub fn passphrase_of(r: &RepositoryConfig) -> Result<Vec<u8>> {
+    let env = r.password_env.as_deref().unwrap_or("LIFEBOAT_PASSWORD");
+    crate::repo::passphrase_from(r.password_file.as_deref(), env, &r.location)
+}
+
 /// Opens a repository named in the config.
 pub async fn open_repo(r: &RepositoryConfig) -> Result<Repo> {
-    let env = r.password_env.as_deref().unwrap_or("LIFEBOAT_PASSWORD");
-    let pass = crate::repo::passphrase_from(r.password_file.as_deref(), env, &r.location)?;
-    Repo::open(Storage::open(&r.location, false)?, &pass).await
+    Repo::open(Storage::open(&r.location, false)?, &passphrase_of(r)?).await
+}
+
+/// The node the controller holds as primary, for the source `source` that follows it.
+fn current_primary<'a>(
+    primary: &PrimaryFn,
+    nodes: &'a BTreeMap<String, NodeConfig>,
+    source: &str,
+) -> Result<&'a NodeConfig> {
+    primary().and_then(|n| nodes.get(&n)).ok_or_else(|| {
+        Error::Invalid(format!(
+            "source {source} follows the primary, and none is known yet (see `lifeboat status`)"
+        ))
+    })
 }
 
 /// How to reach a node of the config, with its password.
@@ -167,13 +185,7 @@ impl Scheduler {
             return Ok(&self.nodes[n]);
         }
         match &self.primary {
-            Some(primary) => primary()
-                .and_then(|n| self.nodes.get(&n))
-                .ok_or_else(|| {
-                    Error::Invalid(format!(
-                        "source {source} follows the primary, and none is known yet (see `lifeboat status`)"
-                    ))
-                }),
+            Some(primary) => current_primary(primary, &self.nodes, source),
             None => self.probe_primary(source).await,
         }
     }
@@ -322,16 +334,7 @@ impl Scheduler {
             (None, Some(primary)) => {
                 let (primary, nodes) = (primary.clone(), self.nodes.clone());
                 let name = w.source.clone();
-                Arc::new(move || {
-                    let node = primary()
-                        .and_then(|n| nodes.get(&n).cloned())
-                        .ok_or_else(|| {
-                            Error::Invalid(format!(
-                                "source {name} follows the primary, and none is known yet"
-                            ))
-                        })?;
-                    node_conninfo(&node)
-                })
+                Arc::new(move || node_conninfo(current_primary(&primary, &nodes, &name)?))
             }
             (None, None) => {
                 return Err(Error::Invalid(format!(

@@ -176,8 +176,6 @@ impl WalStreamer {
             })
     }
 
-    /// Stores finished segments (then drops them from the spool), history files, and the
-    /// segment in progress when it changed.
     /// Sets where pg_receivewal resumes: it starts at the beginning of the newest `.partial`
     /// in the spool, or after the newest finished segment. The newest finished segment is
     /// renamed `.partial`, so that it is streamed again from its start: a position on its
@@ -195,12 +193,13 @@ impl WalStreamer {
             let mut names: Vec<String> = std::fs::read_dir(spool)
                 .map_err(Error::io(spool))?
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| {
-                    let base = n.strip_suffix(".partial").unwrap_or(n);
-                    base.len() == 24 && base.bytes().all(|b| b.is_ascii_hexdigit())
-                })
+                .filter(|n| segment_order(n.strip_suffix(".partial").unwrap_or(n)).is_some())
                 .collect();
-            names.sort_by(|a, b| (&a[8..], &a[..8]).cmp(&(&b[8..], &b[..8])));
+            let order = |n: &String| {
+                segment_order(n.strip_suffix(".partial").unwrap_or(n))
+                    .map(|(a, b)| a.to_owned() + b)
+            };
+            names.sort_by_cached_key(order);
             Ok(names)
         };
         if log.contains("is not in this server's history") {
@@ -229,8 +228,10 @@ impl WalStreamer {
         Ok(())
     }
 
-    /// `streaming`: pg_receivewal was running when this pass began, so once the pass is
-    /// done the repository holds everything the server had sent by then.
+    /// Stores finished segments (then drops them from the spool, but for the newest), history
+    /// files, and the segment in progress when it changed. `streaming`: pg_receivewal was
+    /// running when this pass began, so once the pass is done the repository holds everything
+    /// the server had sent by then.
     async fn upload(
         &self,
         conninfo: &str,
@@ -250,19 +251,18 @@ impl WalStreamer {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         names.sort();
-        let is_segment = |n: &str| n.len() == 24 && n.bytes().all(|b| b.is_ascii_hexdigit());
-        // The newest finished segment (by position, then timeline) stays in the spool: a
-        // restarted pg_receivewal resumes right after the newest segment it finds there, and
-        // with none it would start where its replication slot is, which on a newly promoted
-        // primary is a new slot, past WAL not yet received.
+        // The newest finished segment stays in the spool: a restarted pg_receivewal resumes
+        // right after the newest segment it finds there, and with none it would start where
+        // its replication slot is, which on a newly promoted primary is a new slot, past WAL
+        // not yet received.
         let newest = names
             .iter()
-            .filter(|n| is_segment(n))
-            .max_by_key(|n| (&n[8..], &n[..8]))
-            .cloned();
+            .filter_map(|n| Some((segment_order(n)?, n)))
+            .max()
+            .map(|(_, n)| n.clone());
         for name in names {
             let path = self.spool.join(&name);
-            let finished = is_segment(&name);
+            let finished = segment_order(&name).is_some();
             let keep = finished && Some(&name) == newest.as_ref();
             if finished || name.ends_with(".history") {
                 let new = !uploaded.contains_key(&name);
@@ -300,6 +300,12 @@ impl WalStreamer {
         }
         Ok(())
     }
+}
+
+/// For a finished segment's name (24 hex digits), its order: position, then timeline.
+fn segment_order(name: &str) -> Option<(&str, &str)> {
+    (name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| (&name[8..], &name[..8]))
 }
 
 async fn store_file(repo: &Repo, system: &str, path: &Path, name: &str) -> Result<()> {

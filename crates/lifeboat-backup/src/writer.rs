@@ -46,6 +46,11 @@ impl Saver {
         if !self.claim(id) {
             return Ok(());
         }
+        self.store_claimed(id, kind, plain)
+    }
+
+    /// Seals and packs a blob this session has claimed.
+    fn store_claimed(&self, id: Id, kind: BlobKind, plain: &[u8]) -> Result<()> {
         let sealed = self.repo.key.seal(plain, self.repo.config.zstd_level);
         self.add_sealed(id, kind, &sealed, plain.len())
     }
@@ -119,8 +124,7 @@ impl Saver {
                         loop {
                             let next = rx.lock().expect("chunk queue").recv();
                             let Ok((id, data)) = next else { return Ok(()) };
-                            let sealed = self.repo.key.seal(&data, self.repo.config.zstd_level);
-                            self.add_sealed(id, BlobKind::Data, &sealed, data.len())?;
+                            self.store_claimed(id, BlobKind::Data, &data)?;
                         }
                     })
                 })
@@ -152,8 +156,7 @@ impl Saver {
                     continue;
                 }
                 if sealers == 0 {
-                    let sealed = self.repo.key.seal(&chunk.data, self.repo.config.zstd_level);
-                    if let Err(e) = self.add_sealed(id, BlobKind::Data, &sealed, chunk.data.len()) {
+                    if let Err(e) = self.store_claimed(id, BlobKind::Data, &chunk.data) {
                         failed = Some(e);
                         break;
                     }

@@ -255,16 +255,15 @@ impl BackupConfig {
                     }
                     // A group's label and member names name restore points and directories.
                     if t.consistent {
-                        let safe = |n: &str| {
-                            (1..=40).contains(&n.len())
-                                && !n.starts_with('.')
-                                && n.bytes()
-                                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                        };
-                        if !safe(name) {
+                        if !is_safe_name(name) {
                             r.error(p.clone(), "a consistent tier's name labels its groups: use 1 to 40 letters, digits, '.', '_' or '-'");
                         }
-                        for (i, s) in t.sources.iter().enumerate().filter(|(_, s)| !safe(s)) {
+                        for (i, s) in t
+                            .sources
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, s)| !is_safe_name(s))
+                        {
                             r.error(format!("{p}.sources[{i}]"), format!("source {s:?} in a consistent tier: use 1 to 40 letters, digits, '.', '_' or '-'"));
                         }
                     }
@@ -335,6 +334,17 @@ impl BackupConfig {
             abs(&mut t.scratch_dir);
         }
     }
+}
+
+/// A name that may label a group or its members: it becomes a restore point's name, a
+/// recovery setting and a directory name, so 1 to 40 letters, digits, `.`, `_` or `-`, not
+/// starting with `.`.
+pub fn is_safe_name(name: &str) -> bool {
+    (1..=40).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 /// How many snapshots a tier keeps: the newest `last`, and the newest of each of the most

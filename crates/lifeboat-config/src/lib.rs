@@ -14,8 +14,8 @@ mod units;
 mod validate;
 
 pub use backup::{
-    BackupConfig, BackupTierConfig, RepositoryConfig, RestoreTestConfig, Retention, SourceConfig,
-    TierKind, WalConfig, WalMode,
+    is_safe_name, BackupConfig, BackupTierConfig, RepositoryConfig, RestoreTestConfig, Retention,
+    SourceConfig, TierKind, WalConfig, WalMode,
 };
 pub use load::{load, parse, ConfigError, Loaded};
 pub use report::{Finding, Report};

@@ -520,6 +520,14 @@ repository = "main"
 every = "2s"
 keep = {{ last = 2 }}
 
+[backup.tiers.together]
+kind = "full"
+consistent = true
+sources = ["files", "db"]
+repository = "main"
+every = "3s"
+keep = {{ last = 1 }}
+
 [backup.wal]
 source = "db"
 repository = "main"
@@ -545,6 +553,7 @@ scratch-dir = "{scratch}"
         "lifeboat_backup_restore_test_success 1",
         "lifeboat_backup_rpo_exceeded{source=\"files\",tier=\"frequent\"} 0",
         "lifeboat_backup_rpo_exceeded{source=\"db\",tier=\"frequent\"} 0",
+        "lifeboat_backup_rpo_exceeded{source=\"db\",tier=\"together\"} 0",
         "lifeboat_backup_wal_last_sync_timestamp_seconds",
     ];
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -572,15 +581,28 @@ scratch-dir = "{scratch}"
     tokio::time::sleep(Duration::from_secs(5)).await;
     drop(daemon);
     let list = json(&ok(lb(repo, &[], &["backup", "list", "--json"]).output()?)?)?;
-    let count = |source: &str| {
+    let count = |source: &str, tier: &str| {
         list.as_array()
             .unwrap()
             .iter()
-            .filter(|s| s["snapshot"]["source"] == source)
+            .filter(|s| s["snapshot"]["source"] == source && s["snapshot"]["tier"] == tier)
             .count()
     };
-    assert!((1..=2).contains(&count("files")), "{list}");
-    assert!((1..=2).contains(&count("db")), "{list}");
+    assert!((1..=2).contains(&count("files", "frequent")), "{list}");
+    assert!((1..=2).contains(&count("db", "frequent")), "{list}");
+    // The consistent tier: its retention keeps one group (a run the daemon was stopped in
+    // may have left snapshots whose group was not recorded), restored as of its point.
+    assert!((1..=2).contains(&count("files", "together")), "{list}");
+    assert!((1..=2).contains(&count("db", "together")), "{list}");
+    let listed = stdout(&ok(lb(repo, &[], &["backup", "list"]).output()?)?);
+    assert!(listed.contains(" together: files, db "), "{listed}");
+    let to = dir.subdir("together")?;
+    ok(lb(repo, &[], &["restore", "group", "together", "--to"])
+        .arg(&to)
+        .output()?)?;
+    assert_eq!(describe(&to.join("files"))?, describe(&files)?);
+    let one = PgCluster::query_restored(dir, "together/db", "SELECT 1::text").await?;
+    assert_eq!(one, "1");
     Ok(())
 }
 
