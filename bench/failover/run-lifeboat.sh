@@ -15,8 +15,13 @@
 # database nodes: its controller runs beside them (like etcd in Patroni's set-up) and
 # survives the fault. Controller loss is covered by tests (a daemon killed mid-failover).
 #
-# Usage: ./run-lifeboat.sh [--sync] [--runs N] [--steady S] [--steady-jitter S] [--post S]
+# Usage: ./run-lifeboat.sh [--fault kill|hang|silent|switchover] [--fault-for S] [--sync]
+#                          [--runs N] [--steady S] [--steady-jitter S] [--post S]
 #                          [--promote-timeout S] [--results DIR] [--keep-tmp] [--interval S]
+#        --fault: kill (default; SIGKILL, as above), hang (SIGSTOP of every process of the
+#            primary for --fault-for, 10 s), silent (the primary's packets dropped for
+#            --fault-for), switchover (`lifeboat switchover --to eu-west-1`: the planned write
+#            pause). The faults are in faults.sh, shared with run-patroni.sh.
 #        ./run-lifeboat.sh --stalls N [--stall-ms MS]   # instead of the kill: SIGSTOP the
 #            primary's processes for MS (300) ms, SIGCONT, N times 1 s apart; counts failovers
 #            (expected: 0) and writes results-stall/<run_id>.json
@@ -30,7 +35,7 @@ PYTHON="${PYTHON:-python3}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_OS_USER="${PG_OS_USER:-postgres}"
 LIFEBOAT="${LIFEBOAT:-$ROOT/target/release/lifeboat}"
-STALLS=0 STALL_MS=300 SYNC=0 RUNS=1 STEADY=10 STEADY_JITTER=10 POST=5 PROMOTE_TIMEOUT=90 KEEP_TMP=0 CANARY_INTERVAL=0.010
+FAULT=kill FAULT_FOR=10 STALLS=0 STALL_MS=300 SYNC=0 RUNS=1 STEADY=10 STEADY_JITTER=10 POST=5 PROMOTE_TIMEOUT=90 KEEP_TMP=0 CANARY_INTERVAL=0.010
 RUN_HARD_LIMIT=300
 RESULTS_DIR="$HERE/results"
 
@@ -47,6 +52,8 @@ while (($#)); do
     --keep-tmp) KEEP_TMP=1; shift;;
     --interval) CANARY_INTERVAL="$2"; shift 2;;
     --stalls) STALLS="$2"; shift 2;;
+    --fault) FAULT="$2"; shift 2;;
+    --fault-for) FAULT_FOR="$2"; shift 2;;
     --stall-ms) STALL_MS="$2"; shift 2;;
     -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0;;
     *) echo "unknown argument: $1" >&2; exit 2;;
@@ -54,6 +61,9 @@ while (($#)); do
 done
 
 ((STALLS)) && [[ "$RESULTS_DIR" == "$HERE/results" ]] && RESULTS_DIR="$HERE/results-stall"
+# shellcheck source=faults.sh
+. "$HERE/faults.sh"
+fault_check "$FAULT" || exit 2
 PY="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 "$PY" -c 'import psycopg' 2>/dev/null || { echo "psycopg 3 missing: run $SHARED/install.sh" >&2; exit 2; }
 [[ -f "$SHARED/canary.py" ]] || { echo "canary.py not found in $SHARED (set SHARED=)" >&2; exit 2; }
@@ -88,6 +98,7 @@ T="" LB_PID="" CANARY_PID="" PROBE_PID=""
 teardown() {
   local rc=$?
   trap '' INT TERM; trap - EXIT
+  fault_end
   [[ -z "$T" ]] && return $rc
   for p in "$PROBE_PID" "$CANARY_PID" "$LB_PID"; do alive "$p" && kill -TERM "$p" 2>/dev/null; done
   for _ in $(seq 1 100); do alive "$LB_PID" || alive "$CANARY_PID" || alive "$PROBE_PID" || break; sleep 0.1; done
@@ -187,14 +198,28 @@ EOF
   local victims; victims="$(pids_in_datadir "$T/us-east-1" | tr '\n' ' ')"
   [[ -n "${victims// }" ]] || { log "no primary processes found"; return 6; }
   cat /proc/loadavg > "$T/loadavg_at_fault"
-  local fault_ts fault_ts_after
-  fault_ts="$EPOCHREALTIME"
-  kill -KILL $victims 2>/dev/null
-  fault_ts_after="$EPOCHREALTIME"
-  echo "$fault_ts" > "$T/fault_ts"; echo "$fault_ts_after" > "$T/fault_ts_after"
-  log "FAULT at $fault_ts: SIGKILL us-east-1 postgres pids: $victims"
-  sleep 0.05; local left; left="$(pids_in_datadir "$T/us-east-1" | tr '\n' ' ')"
-  [[ -n "${left// }" ]] && kill -KILL $left 2>/dev/null
+  if [[ "$FAULT" == switchover ]]; then
+    FAULT_TS="$EPOCHREALTIME"
+    "$LIFEBOAT" switchover --to eu-west-1 --api "http://127.0.0.1:$API" > "$T/switchover.out" 2>&1 \
+      || log "WARNING: switchover failed: $(tail -3 "$T/switchover.out")"
+    FAULT_TS_AFTER="$EPOCHREALTIME"
+  else
+    fault_begin "$FAULT" "$victims" "$P1"
+  fi
+  local fault_ts="$FAULT_TS"
+  echo "$FAULT_TS" > "$T/fault_ts"; echo "$FAULT_TS_AFTER" > "$T/fault_ts_after"
+  log "FAULT at $fault_ts: $FAULT us-east-1 (postgres pids: $victims)"
+  if [[ "$FAULT" == kill ]]; then
+    sleep 0.05; local left; left="$(pids_in_datadir "$T/us-east-1" | tr '\n' ' ')"
+    [[ -n "${left// }" ]] && kill -KILL $left 2>/dev/null
+  fi
+  if [[ "$FAULT" == hang || "$FAULT" == silent ]]; then
+    # The fault lasts its whole length whatever happens; was the failover done within it?
+    sleep "$(awk -v f="$fault_ts" -v d="$FAULT_FOR" -v n="$EPOCHREALTIME" 'BEGIN{r=f+d-n; printf "%.3f", r>0?r:0}')"
+    echo "$EPOCHREALTIME" > "$T/fault_end_ts"
+    fault_end
+    log "fault ended after ${FAULT_FOR}s"
+  fi
 
   wait "$PROBE_PID"; PROBE_PID=""
   if "$PY" -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1])).get("promoted_detected_at") else 1)' "$T/probe.json" 2>/dev/null; then
@@ -223,17 +248,18 @@ def load(p):
 probe = load(f"{T}/probe.json") or {}
 verify = load(f"{T}/verify.json") or {}
 incidents = load(f"{T}/incidents.json") or []
-inc = next((i for i in incidents if i.get("kind") == "failover"), {})
+inc = next((i for i in incidents if i.get("kind") in ("failover", "switchover")), {})
 fig = inc.get("figures", {})
 ms = lambda k: None if fig.get(k) is None else fig[k] / 1000.0
 promoted = probe.get("promoted_detected_at")
 res = {
   "system": "lifeboat", "system_version": os.environ.get("LIFEBOAT_VERSION"),
   "dcs": "none (embedded store)", "postgres": os.environ.get("PG_VERSION"),
-  "profile": "default", "sync": os.environ["SYNC"] == "1", "run": int(os.environ["RUN_IDX"]),
+  "profile": "default/" + os.environ["FAULT"], "sync": os.environ["SYNC"] == "1", "run": int(os.environ["RUN_IDX"]),
   "run_id": os.environ["RUN_ID"], "started_at": float(os.environ["RUN_START"]),
   "params": {"probe_interval": "100ms", "failure_threshold": 3, "probe_timeout": "1s"},
-  "fault": {"ts": fault_ts, "kind": "SIGKILL all postgres processes of the primary node (controller survives)",
+  "fault": {"ts": fault_ts, "kind": os.environ["FAULT"], "for_s": float(os.environ["FAULT_FOR"]) if os.environ["FAULT"] in ("hang", "silent") else None,
+            "end_ts": float(open(f"{T}/fault_end_ts").read()) if os.path.exists(f"{T}/fault_end_ts") else None,
             "node": "us-east-1",
             "kill_call_s": round(float(open(f"{T}/fault_ts_after").read()) - fault_ts, 6),
             "loadavg": open(f"{T}/loadavg_at_fault").read().split()[:3]},
@@ -285,11 +311,11 @@ print(f"RESULT {os.environ['RUN_ID']}: {stalls} stalls of {stall_ms} ms -> failo
 PYEOF
 }
 
-export LIFEBOAT_VERSION PG_VERSION SYNC
+export LIFEBOAT_VERSION PG_VERSION SYNC FAULT FAULT_FOR
 overall=0
 for i in $(seq 1 "$RUNS"); do
   export RUN_IDX="$i" RUN_START="$EPOCHREALTIME"
-  RUN_ID="lifeboat-$( ((STALLS)) && echo stall || echo default)-$( ((SYNC)) && echo sync || echo async )-$(date -u +%Y%m%dT%H%M%SZ)-r${i}"
+  RUN_ID="lifeboat-$( ((STALLS)) && echo stall || echo "$FAULT")-$( ((SYNC)) && echo sync || echo async )-$(date -u +%Y%m%dT%H%M%SZ)-r${i}"
   export RUN_ID
   ( run_once ) & child=$!
   trap 'kill -TERM $child 2>/dev/null; wait $child; exit 130' INT TERM

@@ -79,6 +79,15 @@ pub struct EndpointConfig {
     /// Timeout for the proxy's own connection to the primary.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// A connection to the primary on which sent data stays unacknowledged, or keepalive
+    /// probes go unanswered, this long is closed (TCP_USER_TIMEOUT and keepalive): a silent
+    /// primary never holds a client forever.
+    #[serde(default = "default_upstream_timeout")]
+    pub upstream_timeout: Dur,
+}
+
+fn default_upstream_timeout() -> Dur {
+    Dur::from_secs(10)
 }
 
 fn default_hold() -> Dur {
@@ -122,6 +131,9 @@ pub struct FailoverConfig {
     pub replication: ReplicationMode,
     pub promote_timeout: Dur,
     pub fence_timeout: Dur,
+    /// How long the fence of a lost primary that cannot be reached keeps being retried in
+    /// the background after the promotion went ahead without it.
+    pub fence_retry_for: Dur,
     /// How long a switchover waits for the target to replay the last WAL of the old primary.
     pub catch_up_timeout: Dur,
 }
@@ -135,6 +147,7 @@ impl Default for FailoverConfig {
             replication: ReplicationMode::Async,
             promote_timeout: Dur::from_secs(10),
             fence_timeout: Dur::from_secs(5),
+            fence_retry_for: Dur::from_secs(600),
             catch_up_timeout: Dur::from_secs(30),
         }
     }

@@ -87,6 +87,13 @@ fn controller(c: &Config, r: &mut Report) {
             "clients waiting more than 60 s for a primary will likely time out themselves",
         );
     }
+    let up = c.endpoint.upstream_timeout.get();
+    if up < Duration::from_secs(1) {
+        r.error(
+            "endpoint.upstream-timeout",
+            "must be at least 1s: below that a busy primary's connections would be cut",
+        );
+    }
 }
 
 fn probe(c: &Config, r: &mut Report) {
@@ -122,6 +129,7 @@ fn failover(c: &Config, r: &mut Report) {
     for (key, d) in [
         ("promote-timeout", f.promote_timeout),
         ("fence-timeout", f.fence_timeout),
+        ("fence-retry-for", f.fence_retry_for),
         ("catch-up-timeout", f.catch_up_timeout),
     ] {
         if d.get().is_zero() {

@@ -68,13 +68,28 @@ impl fmt::Display for Health {
     }
 }
 
+/// One finished probe, as the tracker keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Finished {
+    started: Millis,
+    /// `None`: the probe succeeded; otherwise why it failed or that it ran past its timeout.
+    failure: Option<String>,
+}
+
 /// Consecutive-result counter for one node.
+///
+/// Probes overlap: a new one starts on every interval whether or not the previous ones have
+/// answered, so results can arrive out of order. "Consecutive" is by the time a probe
+/// *started*: the tracker keeps the newest finished probes ordered by start, and the node's
+/// health follows the streak at the newest end. A late answer from an older probe lands in
+/// the middle and cannot break a newer streak: a stall shorter than the timeout makes every
+/// probe in it late, never failed, and a slow success from before a fault cannot mask the
+/// failures of the probes that started after it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tracker {
     pub health: Health,
-    failures: u32,
-    successes: u32,
-    first_failure: Option<Millis>,
+    /// The newest finished probes, oldest first; at most as many as the larger threshold.
+    recent: std::collections::VecDeque<Finished>,
     pub last_ok: Option<Millis>,
 }
 
@@ -85,67 +100,94 @@ impl Tracker {
                 since: now,
                 reason: "not probed yet".into(),
             },
-            failures: 0,
-            successes: 0,
-            first_failure: None,
+            recent: Default::default(),
             last_ok: None,
         }
     }
 
-    /// Feeds one probe result taken at `at`. Returns true when the health label changed.
+    /// Feeds one result of a probe that answered at once (started and finished at `at`).
+    /// Returns true when the health label changed.
     pub fn observe(&mut self, result: Result<(), &str>, at: Millis, t: Thresholds) -> bool {
+        self.observe_probe(result, at, at, t)
+    }
+
+    /// Feeds the result of a probe that started at `started` and whose answer (or timeout)
+    /// was known at `at`. A probe that ran past its timeout is a failure. Returns true when
+    /// the health label changed.
+    pub fn observe_probe(
+        &mut self,
+        result: Result<(), &str>,
+        started: Millis,
+        at: Millis,
+        t: Thresholds,
+    ) -> bool {
         let before = self.health.label();
-        match result {
-            Ok(()) => {
-                self.failures = 0;
-                self.first_failure = None;
-                self.successes = self.successes.saturating_add(1);
-                self.last_ok = Some(at);
-                let up = match &self.health {
-                    Health::Up { .. } => false,
-                    Health::Down { .. } => self.successes >= t.success,
-                    Health::Unknown { .. } | Health::Suspect { .. } => true,
-                };
-                if up {
-                    self.health = Health::Up { since: at };
-                }
-            }
-            Err(reason) => {
-                self.successes = 0;
-                self.failures = self.failures.saturating_add(1);
-                let first = *self.first_failure.get_or_insert(at);
-                let reason = reason.to_owned();
-                self.health = if self.failures >= t.failure {
-                    match &self.health {
-                        Health::Down { since, .. } => Health::Down {
-                            since: *since,
-                            reason,
-                        },
-                        _ => Health::Down {
-                            since: first,
-                            reason,
-                        },
-                    }
-                } else {
-                    match &self.health {
-                        Health::Unknown { since, .. } => Health::Unknown {
-                            since: *since,
-                            reason: format!("{} failed probe(s), last: {reason}", self.failures),
-                        },
-                        Health::Down { since, .. } => Health::Down {
-                            since: *since,
-                            reason,
-                        },
-                        _ => Health::Suspect {
-                            since: first,
-                            failures: self.failures,
-                            reason,
-                        },
-                    }
-                };
-            }
+        let keep = t.failure.max(t.success).max(1) as usize;
+        if self.recent.len() >= keep && self.recent.front().is_some_and(|f| started < f.started) {
+            // Older than every probe kept: it cannot change the newest streak.
+            return false;
         }
+        if result.is_ok() {
+            self.last_ok = Some(self.last_ok.map_or(at, |l| l.max(at)));
+        }
+        let pos = self.recent.partition_point(|f| f.started <= started);
+        self.recent.insert(
+            pos,
+            Finished {
+                started,
+                failure: result.err().map(str::to_owned),
+            },
+        );
+        while self.recent.len() > keep {
+            self.recent.pop_front();
+        }
+        self.health = self.next_health(t);
         before != self.health.label()
+    }
+
+    /// The health the newest streak of finished probes gives, from the current one.
+    fn next_health(&self, t: Thresholds) -> Health {
+        let Some(newest) = self.recent.back() else {
+            return self.health.clone();
+        };
+        let failing = newest.failure.is_some();
+        let streak: Vec<&Finished> = self
+            .recent
+            .iter()
+            .rev()
+            .take_while(|f| f.failure.is_some() == failing)
+            .collect();
+        let n = streak.len() as u32;
+        if !failing {
+            return match &self.health {
+                Health::Up { .. } => self.health.clone(),
+                Health::Down { .. } if n < t.success => self.health.clone(),
+                _ => Health::Up {
+                    since: newest.started,
+                },
+            };
+        }
+        let first = streak.last().map_or(newest.started, |f| f.started);
+        let reason = newest.failure.clone().unwrap_or_default();
+        match &self.health {
+            Health::Down { since, .. } => Health::Down {
+                since: *since,
+                reason,
+            },
+            _ if n >= t.failure => Health::Down {
+                since: first,
+                reason,
+            },
+            Health::Unknown { since, .. } => Health::Unknown {
+                since: *since,
+                reason: format!("{n} failed probe(s), last: {reason}"),
+            },
+            _ => Health::Suspect {
+                since: first,
+                failures: n,
+                reason,
+            },
+        }
     }
 }
 

@@ -65,7 +65,9 @@ pub enum Step {
         node: String,
     },
     /// Stop the server (local control) or make it read-only and end its client sessions.
-    /// `required`: failure aborts the plan; otherwise (node already unreachable) best effort.
+    /// `required`: failure aborts the plan. Otherwise the node is already lost and its
+    /// traffic cut: the fence runs in the background, retried and recorded, and never
+    /// delays the steps after it (tenet 7).
     FenceNode {
         node: String,
         required: bool,
@@ -140,6 +142,20 @@ impl Step {
         }
     }
 
+    /// The step may change the server it names (its role, its settings, whether it runs), so
+    /// what was observed of that server before the step no longer holds. Routing and
+    /// bookkeeping steps change no server.
+    pub fn may_change_server(&self) -> bool {
+        matches!(
+            self,
+            Step::Promote { .. }
+                | Step::FenceNode { .. }
+                | Step::Rejoin { .. }
+                | Step::Unfence { .. }
+                | Step::SetSyncStandbys { .. }
+        )
+    }
+
     /// After this step succeeds the plan is never rolled back, only carried forward.
     pub fn is_point_of_no_return(&self) -> bool {
         matches!(self, Step::Promote { .. })
@@ -171,7 +187,10 @@ impl fmt::Display for Step {
             Step::FenceNode {
                 node,
                 required: false,
-            } => write!(f, "fence {node} if reachable (best effort)"),
+            } => write!(
+                f,
+                "fence {node} in the background, retried until reached (does not delay what follows)"
+            ),
             Step::WaitCatchUp { node, from } => {
                 write!(f, "wait until {node} has replayed all WAL of {from}")
             }

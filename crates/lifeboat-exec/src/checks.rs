@@ -1,14 +1,14 @@
 //! Region health checks beside the PostgreSQL probes: a TCP connect or an HTTP GET. A region
 //! whose check is down is not a promotion target.
 
-use crate::controller::{Event, Every};
-use crate::executor::now;
+use crate::controller::{overlapping, Event};
 use lifeboat_config::{CheckConfig, CheckKind};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Runs one check every `interval` until cancelled, sending each result as an event.
+/// Checks overlap like node probes: a check that hangs never delays the next.
 pub async fn checker(
     region: String,
     check: CheckConfig,
@@ -17,31 +17,39 @@ pub async fn checker(
     tx: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) {
-    let client = reqwest::Client::builder().timeout(timeout).build();
-    let mut every = Every::new(interval, cancel);
-    while every.next().await {
-        let result = match (&check.kind, &client) {
-            (CheckKind::Tcp, _) => tcp(check.address.as_deref().unwrap_or_default(), timeout).await,
-            (CheckKind::Http, Ok(c)) => {
-                http(
-                    c,
-                    check.url.as_deref().unwrap_or_default(),
-                    check.expect_status,
-                )
-                .await
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"));
+    let name = check.name.clone();
+    overlapping(
+        interval,
+        timeout,
+        cancel,
+        tx,
+        move || {
+            let (check, client) = (check.clone(), client.clone());
+            async move {
+                match check.kind {
+                    CheckKind::Tcp => {
+                        tcp(check.address.as_deref().unwrap_or_default(), timeout).await
+                    }
+                    CheckKind::Http => {
+                        let url = check.url.as_deref().unwrap_or_default();
+                        http(&client?, url, check.expect_status).await
+                    }
+                }
             }
-            (CheckKind::Http, Err(e)) => Err(format!("cannot build an HTTP client: {e}")),
-        };
-        let ev = Event::Check {
+        },
+        move |started, at, result| Event::Check {
             region: region.clone(),
-            check: check.name.clone(),
-            at: now(),
+            check: name.clone(),
+            started,
+            at,
             result,
-        };
-        if tx.send(ev).await.is_err() {
-            return;
-        }
-    }
+        },
+    )
+    .await
 }
 
 pub async fn tcp(address: &str, timeout: Duration) -> Result<(), String> {

@@ -9,7 +9,7 @@ use crate::status::{EndpointStatus, NodeStatus, Status};
 use lifeboat_config::Config;
 use lifeboat_core::{
     decide, plan_command, ClusterView, Command, ControllerState, Decision, Millis, NodeView,
-    PgFacts, Policy, Step, Thresholds, Tracker,
+    PgFacts, Policy, Thresholds, Tracker,
 };
 use lifeboat_postgres as pg;
 use lifeboat_store::{Outcome, Store};
@@ -25,14 +25,18 @@ use tracing::{info, warn};
 /// Everything that can make the controller act.
 #[derive(Debug)]
 pub enum Event {
+    /// A probe of a node that started at `started` answered, failed or ran past its
+    /// timeout at `at`. Probes overlap, so answers may arrive out of order.
     Probe {
         node: String,
+        started: Millis,
         at: Millis,
         result: Result<pg::PgObservation, String>,
     },
     Check {
         region: String,
         check: String,
+        started: Millis,
         at: Millis,
         result: Result<(), String>,
     },
@@ -135,6 +139,7 @@ impl Controller {
             probe: cfg.probe.timeout.get(),
             promote: f.promote_timeout.get(),
             fence: f.fence_timeout.get(),
+            fence_retry_for: f.fence_retry_for.get(),
             catch_up: f.catch_up_timeout.get(),
             rejoin: Duration::from_secs(120),
         };
@@ -184,7 +189,8 @@ impl Controller {
     }
 
     /// Starts probers and the loop; returns the handle the API uses.
-    pub fn start(self, cancel: CancellationToken, tasks: &TaskTracker) -> Handle {
+    pub fn start(mut self, cancel: CancellationToken, tasks: &TaskTracker) -> Handle {
+        self.executor.attach(tasks.clone(), cancel.clone());
         let (tx, rx) = mpsc::channel(1024);
         let handle = Handle {
             tx: tx.clone(),
@@ -244,16 +250,28 @@ impl Controller {
 
     async fn handle(&mut self, ev: Event) {
         match ev {
-            Event::Probe { node, at, result } => {
+            Event::Probe {
+                node,
+                started,
+                at,
+                result,
+            } => {
                 let Some(tr) = self.trackers.get_mut(&node) else {
                     return;
                 };
-                let changed = tr.observe(
+                let changed = tr.observe_probe(
                     result.as_ref().map(|_| ()).map_err(String::as_str),
+                    started,
                     at,
                     self.thresholds,
                 );
-                let stale = self.facts_valid_from.get(&node).is_some_and(|t| at < *t);
+                // Facts come only from a probe that started after the one they replace and
+                // after the last plan that changed the server: a late answer describes the
+                // server as it was.
+                let stale = self
+                    .facts_valid_from
+                    .get(&node)
+                    .is_some_and(|t| started < *t);
                 if let Some(obs) = result.as_ref().ok().filter(|_| !stale) {
                     for r in &obs.replicas {
                         if let Some(l) = r.replay_lag_s.or(r.flush_lag_s) {
@@ -263,6 +281,7 @@ impl Controller {
                         }
                     }
                     self.facts.insert(node.clone(), facts_of(obs));
+                    self.facts_valid_from.insert(node.clone(), started);
                 }
                 if changed {
                     let h = &self.trackers[&node].health;
@@ -273,12 +292,14 @@ impl Controller {
             Event::Check {
                 region,
                 check,
+                started,
                 at,
                 result,
             } => {
                 if let Some(tr) = self.checks.get_mut(&(region.clone(), check.clone())) {
-                    if tr.observe(
+                    if tr.observe_probe(
                         result.as_ref().map(|_| ()).map_err(String::as_str),
+                        started,
                         at,
                         self.thresholds,
                     ) {
@@ -405,14 +426,7 @@ impl Controller {
         // step tried to reach it keeps the last WAL position seen).
         let ended = now();
         for s in &ex.touched {
-            if matches!(
-                s,
-                Step::Promote { .. }
-                    | Step::FenceNode { .. }
-                    | Step::Rejoin { .. }
-                    | Step::Unfence { .. }
-                    | Step::SetSyncStandbys { .. }
-            ) {
+            if s.may_change_server() {
                 self.facts.remove(s.node());
                 self.facts_valid_from.insert(s.node().to_owned(), ended);
             }
@@ -589,6 +603,7 @@ impl Controller {
             nodes,
             decision: reasons.to_vec(),
             in_flight: st.in_flight.as_ref().map(|p| p.to_string()),
+            fencing_in_background: self.executor.fencing_in_background(),
             rpo_exposure_bytes: exposure.map(|e| e.0),
             rpo_exposure_seconds: exposure.map(|e| e.1),
             rpo_target_seconds: tier.map(|t| t.rpo.get().as_secs_f64()),
@@ -637,22 +652,66 @@ async fn prober(
     tx: mpsc::Sender<Event>,
     cancel: CancellationToken,
 ) {
-    let mut every = Every::new(interval, cancel);
-    while every.next().await {
-        let at = now();
-        let result = pg::probe(&conn, timeout).await.map_err(|e| e.to_string());
-        // Stamp failures when they are known, successes when the probe started.
-        let at = if result.is_err() { now() } else { at };
-        if tx
-            .send(Event::Probe {
-                node: node.clone(),
-                at,
-                result,
-            })
-            .await
-            .is_err()
-        {
-            return;
+    overlapping(
+        interval,
+        timeout,
+        cancel,
+        tx,
+        move || {
+            let conn = conn.clone();
+            async move { pg::probe(&conn, timeout).await.map_err(|e| e.to_string()) }
+        },
+        move |started, at, result| Event::Probe {
+            node: node.clone(),
+            started,
+            at,
+            result,
+        },
+    )
+    .await
+}
+
+/// Starts `probe` every `interval` whether or not the earlier ones have answered, so a probe
+/// that hangs never delays the next (tenet 7). Each probe is bounded by `timeout`: one that
+/// runs past it is reported as failed at its deadline. At most `timeout / interval + 1`
+/// probes are in flight; all are dropped (and their connections closed) on cancellation.
+pub(crate) async fn overlapping<T, F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    cancel: CancellationToken,
+    tx: mpsc::Sender<Event>,
+    probe: F,
+    event: impl Fn(Millis, Millis, Result<T, String>) -> Event,
+) where
+    T: Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>> + Send + 'static,
+{
+    let mut every = Every::new(interval, cancel.clone());
+    let mut in_flight = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            more = every.next() => {
+                if !more {
+                    return;
+                }
+                let started = now();
+                let fut = probe();
+                in_flight.spawn(async move {
+                    let result = tokio::time::timeout(timeout, fut)
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")));
+                    (started, now(), result)
+                });
+            }
+            Some(done) = in_flight.join_next() => {
+                let Ok((started, at, result)) = done else { continue };
+                let ev = event(started, at, result);
+                tokio::select! {
+                    sent = tx.send(ev) => if sent.is_err() { return },
+                    () = cancel.cancelled() => return,
+                }
+            }
         }
     }
 }

@@ -8,8 +8,10 @@ use lifeboat_core::{ControllerState, Millis, Plan, PlanKind, Step};
 use lifeboat_postgres as pg;
 use lifeboat_store::{Figures, Outcome, Store};
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
 pub fn now() -> Millis {
@@ -26,6 +28,8 @@ pub struct Timeouts {
     pub probe: Duration,
     pub promote: Duration,
     pub fence: Duration,
+    /// How long a background fence keeps retrying.
+    pub fence_retry_for: Duration,
     pub catch_up: Duration,
     pub rejoin: Duration,
 }
@@ -66,6 +70,17 @@ pub struct Executor {
     router: Router,
     store: Arc<Store>,
     t: Timeouts,
+    background: Background,
+}
+
+/// Fences that carry on after their step: one per node at most, each cancelled by the next
+/// step that may change its node, and all by the daemon's shutdown.
+struct Background {
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+    /// node -> (generation, token) of its running background fence.
+    fences: Arc<Mutex<BTreeMap<String, (u64, CancellationToken)>>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Executor {
@@ -75,7 +90,87 @@ impl Executor {
             router,
             store,
             t,
+            background: Background {
+                tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+                fences: Arc::default(),
+                generation: Default::default(),
+            },
         }
+    }
+
+    /// Runs background fences on the daemon's task tracker, under its cancellation token, so
+    /// shutdown stops and drains them with everything else.
+    pub fn attach(&mut self, tasks: TaskTracker, cancel: CancellationToken) {
+        self.background.tasks = tasks;
+        self.background.cancel = cancel;
+    }
+
+    /// Nodes whose fence is still being retried in the background.
+    pub fn fencing_in_background(&self) -> Vec<String> {
+        let fences = self
+            .background
+            .fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        fences.keys().cloned().collect()
+    }
+
+    /// Stops the background fence of `node`, if any: a step that changes that server now
+    /// owns it (a rejoin must not be stopped by a fence that started before it).
+    fn stop_background_fence(&self, node: &str) {
+        let mut fences = self
+            .background
+            .fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((_, token)) = fences.remove(node) {
+            token.cancel();
+        }
+    }
+
+    /// Fences `n` in the background: attempts bounded by the fence timeout, retried every
+    /// half second for `fence_retry_for`, recorded on the incident's timeline when it ends.
+    fn fence_in_background(&self, kind: PlanKind, n: &Node, incident: Option<i64>) {
+        self.stop_background_fence(&n.name);
+        let token = self.background.cancel.child_token();
+        let generation = self
+            .background
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.background
+            .fences
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n.name.clone(), (generation, token.clone()));
+        let (n, store, t) = (n.clone(), self.store.clone(), self.t);
+        let fences = self.background.fences.clone();
+        let span = tracing::info_span!("background-fence", node = %n.name, incident);
+        self.background.tasks.spawn(
+            async move {
+                let started = now();
+                let row = incident.and_then(|i| {
+                    store
+                        .step_started(i, started, "fence-node", &n.name, "background")
+                        .ok()
+                });
+                let (outcome, detail) = background_fence(kind, &n, t, &token).await;
+                let detail = format!(
+                    "background: {detail}, {:.1} s after the plan went on without it",
+                    now().since(started) as f64 / 1000.0
+                );
+                info!(outcome = outcome.as_str(), "{detail}");
+                if let Some(row) = row {
+                    let _ = store.step_finished(row, now(), outcome, &detail);
+                }
+                let _ = store.event(now(), "fence", &format!("{}: {detail}", n.name));
+                let mut fences = fences.lock().unwrap_or_else(|e| e.into_inner());
+                if fences.get(&n.name).is_some_and(|(g, _)| *g == generation) {
+                    fences.remove(&n.name);
+                }
+            }
+            .instrument(span),
+        );
     }
 
     fn persist(&self, state: &ControllerState) {
@@ -160,7 +255,7 @@ impl Executor {
                     .ok()
             });
             let result = self
-                .step(plan, step, state)
+                .step(plan, step, state, incident)
                 .instrument(tracing::info_span!(
                     "step",
                     step = step.name(),
@@ -296,7 +391,7 @@ impl Executor {
                     .step_started(i, at, undo.name(), undo.node(), "compensation")
                     .ok()
             });
-            let r = self.step(plan, &undo, state).await;
+            let r = self.step(plan, &undo, state, incident).await;
             if !matches!(r, StepResult::Unreached(_)) {
                 touched.push(undo.clone());
             }
@@ -323,8 +418,17 @@ impl Executor {
             .ok_or_else(|| StepResult::Failed(format!("node {name} is not in the config")))
     }
 
-    async fn step(&self, plan: &Plan, step: &Step, state: &mut ControllerState) -> StepResult {
-        match self.step_inner(plan, step, state).await {
+    async fn step(
+        &self,
+        plan: &Plan,
+        step: &Step,
+        state: &mut ControllerState,
+        incident: Option<i64>,
+    ) -> StepResult {
+        if step.may_change_server() {
+            self.stop_background_fence(step.node());
+        }
+        match self.step_inner(plan, step, state, incident).await {
             Ok(r) | Err(r) => r,
         }
     }
@@ -334,6 +438,7 @@ impl Executor {
         plan: &Plan,
         step: &Step,
         state: &mut ControllerState,
+        incident: Option<i64>,
     ) -> Result<StepResult, StepResult> {
         let t = self.t;
         Ok(match step {
@@ -352,13 +457,14 @@ impl Executor {
                 let n = self.node(node)?;
                 state.fenced.insert(node.clone());
                 self.persist(state);
-                let r = self.fence(plan.kind, n).await;
-                match r {
-                    StepResult::Ok(d) => StepResult::Ok(d),
-                    StepResult::Failed(d) | StepResult::Unknown(d) if !required => {
-                        StepResult::Ok(format!("not reachable, fenced at the endpoint only ({d})"))
-                    }
-                    other => other,
+                if *required {
+                    fence(plan.kind, n, t.fence).await
+                } else {
+                    self.fence_in_background(plan.kind, n, incident);
+                    StepResult::Ok(format!(
+                        "{node} is lost and the endpoint no longer routes to it: fencing it in the background for up to {:?}, without delaying the promotion",
+                        t.fence_retry_for
+                    ))
                 }
             }
             Step::WaitCatchUp { node, from } => {
@@ -445,30 +551,6 @@ impl Executor {
                 r
             }
         })
-    }
-
-    /// Read-only fence through SQL; for a lost or returning primary under local control, the
-    /// server is also stopped. A switchover keeps it running (read-only) so the target can
-    /// catch up with its last WAL.
-    async fn fence(&self, kind: PlanKind, n: &Node) -> StepResult {
-        let sql = pg::fence_read_only(&n.conn, self.t.fence).await;
-        let stop = match (&n.control, kind) {
-            (
-                Some(ctl),
-                PlanKind::Failover | PlanKind::ManualFailover | PlanKind::FenceReturned,
-            ) => Some(ctl.stop(pg::StopMode::Fast, self.t.fence).await),
-            _ => None,
-        };
-        match (sql, stop) {
-            (_, Some(Ok(()))) => StepResult::Ok(format!("{} stopped", n.name)),
-            (Ok(k), _) => {
-                StepResult::Ok(format!("{} read-only, {k} client session(s) ended", n.name))
-            }
-            (Err(e), None) => StepResult::Failed(format!("read-only fence failed: {e}")),
-            (Err(e), Some(Err(s))) => {
-                StepResult::Failed(format!("read-only fence failed: {e}; stop failed: {s}"))
-            }
-        }
     }
 
     async fn unfence(&self, n: &Node) -> StepResult {
@@ -563,6 +645,90 @@ impl Executor {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Read-only fence through SQL; for a lost or returning primary under local control, the
+/// server is also stopped: after the SQL fence (so the read-only setting is on disk if someone
+/// starts it again), or after a second if the SQL fence hangs (a stop by signal does not need
+/// the network). A switchover keeps it running (read-only) so the target can catch up with
+/// its last WAL.
+async fn fence(kind: PlanKind, n: &Node, timeout: Duration) -> StepResult {
+    let stop = async {
+        match (&n.control, kind) {
+            (
+                Some(ctl),
+                PlanKind::Failover | PlanKind::ManualFailover | PlanKind::FenceReturned,
+            ) => Some(ctl.stop(pg::StopMode::Fast, timeout).await),
+            _ => None,
+        }
+    };
+    let sql = pg::fence_read_only(&n.conn, timeout);
+    tokio::pin!(sql);
+    let early = tokio::select! {
+        r = &mut sql => Some(r),
+        () = tokio::time::sleep(timeout.min(Duration::from_secs(1))) => None,
+    };
+    let (sql, stop) = match early {
+        Some(r) => (r, stop.await),
+        None => tokio::join!(sql, stop),
+    };
+    match (sql, stop) {
+        (_, Some(Ok(()))) => StepResult::Ok(format!("{} stopped", n.name)),
+        (Ok(k), _) => StepResult::Ok(format!("{} read-only, {k} client session(s) ended", n.name)),
+        (Err(e), None) => StepResult::Failed(format!("read-only fence failed: {e}")),
+        (Err(e), Some(Err(s))) => {
+            StepResult::Failed(format!("read-only fence failed: {e}; stop failed: {s}"))
+        }
+    }
+}
+
+/// The retries of a background fence, until one attempt succeeds, `fence_retry_for` has
+/// passed, or `cancel`.
+async fn background_fence(
+    kind: PlanKind,
+    n: &Node,
+    t: Timeouts,
+    cancel: &CancellationToken,
+) -> (Outcome, String) {
+    let deadline = tokio::time::Instant::now() + t.fence_retry_for;
+    let mut attempts = 0u32;
+    let mut last = String::new();
+    loop {
+        attempts += 1;
+        let r = tokio::select! {
+            r = fence(kind, n, t.fence) => r,
+            () = cancel.cancelled() => break,
+        };
+        match r {
+            StepResult::Ok(d) => return (Outcome::Ok, format!("{d} at attempt {attempts}")),
+            StepResult::Failed(d) | StepResult::Unknown(d) | StepResult::Unreached(d) => last = d,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (
+                Outcome::Failed,
+                format!(
+                    "not reached in {attempts} attempt(s) over {:?} (last: {last}); it stays fenced at the endpoint and is fenced on sight if it returns writable",
+                    t.fence_retry_for
+                ),
+            );
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+    (
+        Outcome::Unknown,
+        format!(
+            "stopped after {attempts} attempt(s): a later step on {} or shutdown took over{}",
+            n.name,
+            if last.is_empty() {
+                String::new()
+            } else {
+                format!(" (last: {last})")
+            }
+        ),
+    )
 }
 
 /// `plan` is the one in flight. A resumed plan carries an extra reason, so the comparison

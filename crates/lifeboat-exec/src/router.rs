@@ -1,6 +1,9 @@
 //! The client endpoint: a TCP proxy that forwards every client connection to the one current
 //! primary. While there is no primary (during a failover) new connections wait, bounded by
 //! the hold timeout; when the route moves away from a node, every connection to it is cut.
+//! Both sides of every connection carry TCP keepalive and a user timeout, so a peer that
+//! goes silent (dropped packets, no reset) is detected and its connection closed rather than
+//! held half-open forever.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,7 @@ pub enum Route {
 pub struct Router {
     route: Arc<watch::Sender<Route>>,
     pub stats: Arc<RouterStats>,
+    silence: Duration,
 }
 
 #[derive(Default)]
@@ -49,7 +53,15 @@ impl Router {
         Router {
             route: Arc::new(watch::Sender::new(Route::Blocked)),
             stats: Arc::default(),
+            silence: Duration::from_secs(10),
         }
+    }
+
+    /// A connection whose peer leaves sent data unacknowledged, or keepalive probes
+    /// unanswered, for `silence` is closed (default 10 s).
+    pub fn with_upstream_timeout(mut self, silence: Duration) -> Router {
+        self.silence = silence;
+        self
     }
 
     pub fn current(&self) -> Route {
@@ -120,6 +132,7 @@ impl Router {
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let _ = client.set_nodelay(true);
+        let _ = detect_silence(&client, self.silence);
         let mut rx = self.route.subscribe();
         // Wait (bounded) for a primary.
         let target = tokio::time::timeout(hold, async {
@@ -149,6 +162,9 @@ impl Router {
                 }
             };
         let _ = upstream.set_nodelay(true);
+        if let Err(e) = detect_silence(&upstream, self.silence) {
+            tracing::warn!(%node, error = %e, "cannot set TCP keepalive on the connection to the primary");
+        }
         // A route that moved while we connected must not get this client.
         if !matches!(&*rx.borrow_and_update(), Route::To { node: n, epoch: e, .. } if *n == node && *e == epoch)
         {
@@ -177,4 +193,17 @@ impl Router {
             () = cancel.cancelled() => Ok(()),
         }
     }
+}
+
+/// TCP keepalive from `silence / 2` of idleness, and `TCP_USER_TIMEOUT = silence`: the
+/// kernel closes the connection once data or keepalive probes stay unacknowledged that long,
+/// and the proxy's copy then ends with an error instead of waiting forever.
+fn detect_silence(s: &TcpStream, silence: Duration) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time((silence / 2).max(Duration::from_secs(1)))
+        .with_interval((silence / 10).max(Duration::from_secs(1)))
+        .with_retries(10);
+    sock.set_tcp_keepalive(&keepalive)?;
+    sock.set_tcp_user_timeout(Some(silence))
 }

@@ -18,6 +18,10 @@ pub struct Status {
     /// The current decision: a plan being run, or why Lifeboat is not acting.
     pub decision: Vec<String>,
     pub in_flight: Option<String>,
+    /// Lost primaries whose fence is still being retried in the background: cut off at the
+    /// endpoint, not yet reached themselves.
+    #[serde(default)]
+    pub fencing_in_background: Vec<String>,
     /// The most a failover right now could lose: the largest lag of an eligible standby.
     pub rpo_exposure_bytes: Option<u64>,
     pub rpo_exposure_seconds: Option<f64>,

@@ -112,6 +112,69 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A silent network for one loopback port: an nftables table that drops every TCP packet to
+/// or from `port`, so connections are neither refused nor reset, exactly as when a region's
+/// network goes quiet. The table is deleted when dropped. Needs root and `nft`, as CI has.
+pub struct SilentPort {
+    table: String,
+}
+
+impl SilentPort {
+    /// Why a silent network cannot be made here, if it cannot.
+    pub fn unavailable() -> Option<String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Some("dropping packets with nftables needs root".into());
+        }
+        match std::process::Command::new("nft").arg("--version").output() {
+            Ok(o) if o.status.success() => None,
+            _ => Some("nft is not installed (Debian package nftables)".into()),
+        }
+    }
+
+    pub fn start(port: u16) -> Result<SilentPort> {
+        let table = format!("lifeboat_test_{}_{port}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    tcp dport {port} drop\n    tcp sport {port} drop\n  }}\n}}\n"
+        );
+        nft(&["-f", "-"], Some(&rules)).with_context(|| format!("silencing port {port}"))?;
+        Ok(SilentPort { table })
+    }
+}
+
+impl Drop for SilentPort {
+    fn drop(&mut self) {
+        let _ = nft(&["delete", "table", "inet", &self.table], None);
+    }
+}
+
+fn nft(args: &[&str], stdin: Option<&str>) -> Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft (Debian package nftables)")?;
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(text.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

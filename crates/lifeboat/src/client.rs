@@ -162,6 +162,11 @@ pub fn render_status(s: &Status) -> String {
     for r in &s.decision {
         o.push_str(&format!("  - {r}\n"));
     }
+    for n in &s.fencing_in_background {
+        o.push_str(&format!(
+            "fencing {n} in the background: cut off at the endpoint, not reached yet\n"
+        ));
+    }
     if let Some(p) = &s.in_flight {
         o.push_str(&format!("in flight:\n{p}"));
     }

@@ -74,7 +74,7 @@ password = "hunter2"
         "a secret leaked into the report"
     );
     expect![[r#"
-        error: endpoint.colour (line 7): unknown field `colour`, expected one of `listen`, `hold-timeout`, `connect-timeout`
+        error: endpoint.colour (line 7): unknown field `colour`, expected one of `listen`, `hold-timeout`, `connect-timeout`, `upstream-timeout`
         error: failover.max-lag (line 14): invalid size "lots"; write e.g. "16MiB", "512KiB", "1GiB"
         error: regions.us-east.nodes[0].password (line 23): secrets are never written in the config: use password-file or password-env
         error: service.name (line 2): must not be empty

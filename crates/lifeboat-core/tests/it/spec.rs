@@ -45,7 +45,7 @@ fn lost_primary_fails_over_to_the_hot_standby() {
         expect![[r#"
         plan failover (epoch 4)
           1. block endpoint traffic to pg-a
-          2. fence pg-a if reachable (best effort)
+          2. fence pg-a in the background, retried until reached (does not delay what follows)
           3. promote pg-b
           4. mark pg-a as needing rejoin
           5. set synchronous_standby_names = '' on pg-b
@@ -352,7 +352,7 @@ fn commands_name_unknown_nodes_and_refuse_unsafe_requests() {
         expect![[r#"
         plan manual-failover (epoch 4)
           1. block endpoint traffic to pg-a
-          2. fence pg-a if reachable (best effort)
+          2. fence pg-a in the background, retried until reached (does not delay what follows)
           3. promote pg-b
           4. mark pg-a as needing rejoin
           5. set synchronous_standby_names = '' on pg-b

@@ -57,6 +57,7 @@ async fn only_steps_that_may_have_changed_a_server_count_as_touching_it() -> Res
         probe: t,
         promote: t,
         fence: t,
+        fence_retry_for: t,
         catch_up: t,
         rejoin: t,
     };

@@ -6,6 +6,7 @@ mod bad_input;
 mod failover;
 mod groups;
 mod operations;
+mod quiet;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_testkit::TwoRegions;
