@@ -184,3 +184,84 @@ async fn tcp_and_http_checks_report_what_they_saw() {
         format!("GET http://{down}/healthz: status 503 Service Unavailable, expected 2xx")
     );
 }
+
+/// Reads until the connection ends (end of stream or an error), at most `bound`.
+async fn ended_within(s: &mut TcpStream, bound: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    tokio::time::timeout(bound, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+fn silent_network_unavailable() -> bool {
+    match lifeboat_testkit::SilentPort::unavailable() {
+        Some(why) => {
+            eprintln!("skipped: a silent network cannot be made here: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+/// The primary's network goes silent while a client is connected through the endpoint and
+/// the route does not move: the proxy's connection to it carries a user timeout, so the
+/// client's connection ends instead of hanging half-open forever.
+#[tokio::test]
+async fn a_silent_upstream_is_closed_after_the_upstream_timeout() {
+    if silent_network_unavailable() {
+        return;
+    }
+    let a = named_server("a").await;
+    let router = Router::new().with_upstream_timeout(Duration::from_secs(2));
+    let cancel = CancellationToken::new();
+    let ep = endpoint(&router, &cancel).await;
+    router.route_to("a", a, 1);
+    let mut c = TcpStream::connect(ep).await.unwrap();
+    assert_eq!(ask(&mut c).await.unwrap(), "a");
+
+    let silent = lifeboat_testkit::SilentPort::start(a.port()).unwrap();
+    c.write_all(b"?").await.unwrap();
+    assert!(
+        ended_within(&mut c, Duration::from_secs(60)).await,
+        "the connection to a silent upstream was held open"
+    );
+    drop(silent);
+    assert_eq!(router.stats.cut.load(Ordering::Relaxed), 0);
+    assert!(matches!(router.current(), Route::To { node, .. } if node == "a"));
+    cancel.cancel();
+}
+
+/// A client stuck on a silent primary (its request sent, no answer) is cut as soon as the
+/// route moves away from it, long before any timeout.
+#[tokio::test]
+async fn a_client_stuck_on_a_silent_primary_is_cut_when_the_route_moves() {
+    if silent_network_unavailable() {
+        return;
+    }
+    let a = named_server("a").await;
+    let router = Router::new().with_upstream_timeout(Duration::from_secs(600));
+    let cancel = CancellationToken::new();
+    let ep = endpoint(&router, &cancel).await;
+    router.route_to("a", a, 1);
+    let mut c = TcpStream::connect(ep).await.unwrap();
+    assert_eq!(ask(&mut c).await.unwrap(), "a");
+
+    let silent = lifeboat_testkit::SilentPort::start(a.port()).unwrap();
+    c.write_all(b"?").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    router.block("a");
+    assert!(
+        ended_within(&mut c, Duration::from_secs(60)).await,
+        "the stuck client was not cut"
+    );
+    drop(silent);
+    assert_eq!(router.stats.cut.load(Ordering::Relaxed), 1);
+    cancel.cancel();
+}
