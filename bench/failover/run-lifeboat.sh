@@ -145,6 +145,7 @@ tier = "gold"
 [controller]
 api-listen = "127.0.0.1:$API"
 state-dir = "state"
+api-token-env = "LIFEBOAT_API_TOKEN"
 [endpoint]
 listen = "127.0.0.1:$EP"
 [failover]
@@ -169,6 +170,7 @@ host = "127.0.0.1"
 port = $P2
 control = { data-dir = "$T/eu-west-1" }
 EOF
+  LIFEBOAT_API_TOKEN="$(head -c 18 /dev/urandom | base64)"; export LIFEBOAT_API_TOKEN
   "$LIFEBOAT" run -c "$T/lifeboat.toml" > "$T/lifeboat.log" 2>&1 < /dev/null &
   LB_PID=$!
   wait_until 30 status_has 's["endpoint"]["routes_to"] == "us-east-1"' || { log "endpoint never routed"; tail -20 "$T/lifeboat.log" >&2; return 4; }
@@ -215,7 +217,7 @@ EOF
   fi
   if [[ "$FAULT" == hang || "$FAULT" == silent ]]; then
     # The fault lasts its whole length whatever happens; was the failover done within it?
-    sleep "$(awk -v f="$fault_ts" -v d="$FAULT_FOR" -v n="$EPOCHREALTIME" 'BEGIN{r=f+d-n; printf "%.3f", r>0?r:0}')"
+    sleep "$(awk -v f="$fault_ts" -v d="$FAULT_FOR" -v n="$EPOCHREALTIME" 'BEGIN{r=f+d-n; printf "%.3f", (r>0?r:0)}')"
     echo "$EPOCHREALTIME" > "$T/fault_end_ts"
     fault_end
     log "fault ended after ${FAULT_FOR}s"

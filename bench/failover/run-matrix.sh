@@ -25,5 +25,5 @@ done
 for fault in kill hang silent switchover; do
   "$HERE/run-patroni.sh" --profile tuned --fault "$fault" --runs "$NP" "${common[@]}"
 done
-"$HERE/run-lifeboat.sh" --stalls 20 --stall-ms 300 --results "$RESULTS/stalls"
+"$HERE/run-lifeboat.sh" --stalls 20 --stall-ms 300 --results "$RESULTS"
 python3 "$HERE/summarize.py" "$RESULTS"

@@ -354,7 +354,7 @@ run_once() {
     for p in $victims; do alive "$p" && log "WARNING: victim $p still alive"; done
   fi
   if [[ "$FAULT" == hang || "$FAULT" == silent ]]; then
-    sleep "$(awk -v f="$fault_ts" -v d="$FAULT_FOR" -v n="$EPOCHREALTIME" 'BEGIN{r=f+d-n; printf "%.3f", r>0?r:0}')"
+    sleep "$(awk -v f="$fault_ts" -v d="$FAULT_FOR" -v n="$EPOCHREALTIME" 'BEGIN{r=f+d-n; printf "%.3f", (r>0?r:0)}')"
     echo "$EPOCHREALTIME" > "$T/fault_end_ts"
     fault_end
     log "fault ended after ${FAULT_FOR}s"

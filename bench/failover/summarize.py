@@ -3,7 +3,11 @@
 
 Reads the per-run JSON that run-lifeboat.sh and run-patroni.sh write (the shared canary.py
 format; the fault is the part of "profile" after the slash) and prints a Markdown table:
-for each fault and system, n, the median fault -> first acknowledged write with its range,
+for each fault and system, n, the median fault -> first acknowledged write after the outage
+with its range (the end of the longest gap between two acknowledged writes, minus the fault's
+time: canary.py's own fault_to_first_ack_s counts from the first *failed* write, and a write
+that merely hangs through a silent network or a hang never fails, so it would miss the
+outage),
 the median fault -> promoted, how many runs promoted the standby while a hang or silence was
 still in place, the longest write pause, and the acknowledged writes lost; then the ratio of
 the medians, Patroni / Lifeboat, per fault.
@@ -16,7 +20,7 @@ import sys
 from pathlib import Path
 
 
-def load(args):
+def load(args, stalls=None):
     for a in args:
         p = Path(a)
         files = sorted(p.glob("*.json")) if p.is_dir() else [p]
@@ -27,6 +31,16 @@ def load(args):
                 continue
             if "verify" in r and "system" in r and "profile" in r:
                 yield r
+            elif "stalls" in r and stalls is not None:
+                stalls.append(r)
+
+
+def outage_end(r):
+    """Fault -> the acknowledged write that ended the longest write gap (None before it)."""
+    g, t = r["verify"].get("max_gap") or {}, r["fault"].get("ts")
+    if g.get("t_to") is None or t is None or g["t_to"] < t:
+        return None
+    return g["t_to"] - t
 
 
 def med(xs):
@@ -41,7 +55,8 @@ def fmt(m, rng=True):
 
 
 def main(args):
-    rows = list(load(args))
+    stalls = []
+    rows = list(load(args, stalls))
     groups = {}
     for r in rows:
         prof, _, fault = r["profile"].partition("/")
@@ -56,7 +71,7 @@ def main(args):
     for key in sorted(groups, key=lambda k: (order.get(k[0], 9), k[1], k[2])):
         fault, sync, system, prof = key
         rs = groups[key]
-        first_ack = med([r["verify"].get("fault_to_first_ack_s") for r in rs])
+        first_ack = med([outage_end(r) for r in rs])
         promoted = med([r.get("kill_to_promoted_s") for r in rs])
         gap = med([r["verify"].get("rto_max_gap_s") for r in rs])
         lost = sum(r["verify"].get("lost_acked") or 0 for r in rs)
@@ -81,6 +96,10 @@ def main(args):
         p = medians.get((fault, sync, "patroni"))
         if p:
             print(f"| {fault} | {sync} | {p / m:.1f}× |")
+    for r in stalls:
+        print(f"\nStalls ({r['system']}): {r['stalls']} × {r['stall_ms']} ms SIGSTOP of the primary -> "
+              f"{r['failovers']} failover(s), epoch {r['epoch_after']}, longest write gap "
+              f"{r['verify'].get('rto_max_gap_s')} s, lost acked {r['verify'].get('lost_acked')}")
 
 
 if __name__ == "__main__":

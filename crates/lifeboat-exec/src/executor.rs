@@ -145,7 +145,7 @@ impl Executor {
             .insert(n.name.clone(), (generation, token.clone()));
         let (n, store, t) = (n.clone(), self.store.clone(), self.t);
         let fences = self.background.fences.clone();
-        let span = tracing::info_span!("background-fence", node = %n.name, incident);
+        let span = tracing::info_span!(parent: None, "background-fence", node = %n.name, incident);
         self.background.tasks.spawn(
             async move {
                 let started = now();

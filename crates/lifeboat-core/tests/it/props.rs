@@ -184,3 +184,79 @@ proptest! {
         }
     }
 }
+
+/// Probes every 100 ms, each answering after its own latency (up to 3 s): `(ok, latency)`.
+fn probes() -> impl Strategy<Value = Vec<(bool, u64)>> {
+    proptest::collection::vec((any::<bool>(), 0u64..3_000), 1..60)
+}
+
+/// Feeds `probes` to a tracker in the order their answers arrive; the health after each.
+fn arrivals(probes: &[(bool, u64)]) -> Vec<lifeboat_core::Health> {
+    use lifeboat_core::{Millis, Thresholds, Tracker};
+    let t = Thresholds {
+        failure: 3,
+        success: 2,
+    };
+    let mut order: Vec<(u64, u64, bool)> = probes
+        .iter()
+        .enumerate()
+        .map(|(i, (ok, lat))| (i as u64 * 100 + lat, i as u64 * 100, *ok))
+        .collect();
+    order.sort();
+    let mut tr = Tracker::new(Millis(0));
+    order
+        .into_iter()
+        .map(|(at, started, ok)| {
+            tr.observe_probe(
+                if ok { Ok(()) } else { Err("x") },
+                Millis(started),
+                Millis(at),
+                t,
+            );
+            tr.health.clone()
+        })
+        .collect()
+}
+
+proptest! {
+    /// However late they answer, probes that all succeed never make a node suspect or down.
+    #[test]
+    fn late_successes_never_fail_a_node(lat in proptest::collection::vec(0u64..3_000, 1..60)) {
+        let p: Vec<(bool, u64)> = lat.into_iter().map(|l| (true, l)).collect();
+        for h in arrivals(&p) {
+            prop_assert!(h.is_up(), "{h}");
+        }
+    }
+
+    /// A node is down only when, among the probes answered so far, the newest `failure`
+    /// by start time all failed, or it was down before and has not had `success` newer
+    /// successes since.
+    #[test]
+    fn down_only_after_a_failure_streak_by_start(p in probes()) {
+        let mut answered: Vec<(u64, u64, bool)> = p
+            .iter()
+            .enumerate()
+            .map(|(i, (ok, lat))| (i as u64 * 100 + lat, i as u64 * 100, *ok))
+            .collect();
+        answered.sort();
+        let healths = arrivals(&p);
+        let mut was_down = false;
+        for (k, h) in healths.iter().enumerate() {
+            let mut by_start: Vec<(u64, bool)> =
+                answered[..=k].iter().map(|(_, s, ok)| (*s, *ok)).collect();
+            by_start.sort();
+            let newest_fail_streak = by_start.iter().rev().take_while(|(_, ok)| !ok).count();
+            let newest_ok_streak = by_start.iter().rev().take_while(|(_, ok)| *ok).count();
+            if h.is_down() {
+                prop_assert!(
+                    newest_fail_streak >= 3 || (was_down && newest_ok_streak < 2),
+                    "down with {by_start:?}"
+                );
+            }
+            if was_down && newest_ok_streak >= 2 {
+                prop_assert!(h.is_up(), "still {h} with {by_start:?}");
+            }
+            was_down = h.is_down();
+        }
+    }
+}

@@ -200,14 +200,31 @@ async fn ended_within(s: &mut TcpStream, bound: Duration) -> bool {
     .is_ok()
 }
 
-fn silent_network_unavailable() -> bool {
-    match lifeboat_testkit::SilentPort::unavailable() {
-        Some(why) => {
-            eprintln!("skipped: a silent network cannot be made here: {why}");
-            true
-        }
-        None => false,
+/// A client connected through an endpoint to server "a", which has answered once and whose
+/// network then went silent with the client's next request in flight; `None` (with the
+/// reason printed) where a silent network cannot be made.
+async fn client_of_a_silenced_upstream(
+    upstream_timeout: Duration,
+) -> Option<(
+    Router,
+    CancellationToken,
+    TcpStream,
+    lifeboat_testkit::SilentPort,
+)> {
+    if let Some(why) = lifeboat_testkit::SilentPort::unavailable() {
+        eprintln!("skipped: a silent network cannot be made here: {why}");
+        return None;
     }
+    let a = named_server("a").await;
+    let router = Router::new().with_upstream_timeout(upstream_timeout);
+    let cancel = CancellationToken::new();
+    let ep = endpoint(&router, &cancel).await;
+    router.route_to("a", a, 1);
+    let mut c = TcpStream::connect(ep).await.unwrap();
+    assert_eq!(ask(&mut c).await.unwrap(), "a");
+    let silent = lifeboat_testkit::SilentPort::start(a.port()).unwrap();
+    c.write_all(b"?").await.unwrap();
+    Some((router, cancel, c, silent))
 }
 
 /// The primary's network goes silent while a client is connected through the endpoint and
@@ -215,19 +232,11 @@ fn silent_network_unavailable() -> bool {
 /// client's connection ends instead of hanging half-open forever.
 #[tokio::test]
 async fn a_silent_upstream_is_closed_after_the_upstream_timeout() {
-    if silent_network_unavailable() {
+    let Some((router, cancel, mut c, silent)) =
+        client_of_a_silenced_upstream(Duration::from_secs(2)).await
+    else {
         return;
-    }
-    let a = named_server("a").await;
-    let router = Router::new().with_upstream_timeout(Duration::from_secs(2));
-    let cancel = CancellationToken::new();
-    let ep = endpoint(&router, &cancel).await;
-    router.route_to("a", a, 1);
-    let mut c = TcpStream::connect(ep).await.unwrap();
-    assert_eq!(ask(&mut c).await.unwrap(), "a");
-
-    let silent = lifeboat_testkit::SilentPort::start(a.port()).unwrap();
-    c.write_all(b"?").await.unwrap();
+    };
     assert!(
         ended_within(&mut c, Duration::from_secs(60)).await,
         "the connection to a silent upstream was held open"
@@ -242,19 +251,11 @@ async fn a_silent_upstream_is_closed_after_the_upstream_timeout() {
 /// route moves away from it, long before any timeout.
 #[tokio::test]
 async fn a_client_stuck_on_a_silent_primary_is_cut_when_the_route_moves() {
-    if silent_network_unavailable() {
+    let Some((router, cancel, mut c, silent)) =
+        client_of_a_silenced_upstream(Duration::from_secs(600)).await
+    else {
         return;
-    }
-    let a = named_server("a").await;
-    let router = Router::new().with_upstream_timeout(Duration::from_secs(600));
-    let cancel = CancellationToken::new();
-    let ep = endpoint(&router, &cancel).await;
-    router.route_to("a", a, 1);
-    let mut c = TcpStream::connect(ep).await.unwrap();
-    assert_eq!(ask(&mut c).await.unwrap(), "a");
-
-    let silent = lifeboat_testkit::SilentPort::start(a.port()).unwrap();
-    c.write_all(b"?").await.unwrap();
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     router.block("a");
     assert!(
