@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Everything that can make the controller act.
 #[derive(Debug)]
@@ -126,14 +126,16 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Builds the controller from the config, loading durable state from `store`.
+    /// Builds the controller from the config, loading durable state from `store`. A state
+    /// that cannot be read is an error: the controller never starts blind, with epoch 0 and
+    /// no fences.
     pub fn new(
         cfg: Arc<Config>,
         nodes: Vec<Node>,
         store: Arc<Store>,
         router: Router,
         metrics: Arc<Metrics>,
-    ) -> Controller {
+    ) -> Result<Controller, lifeboat_store::StoreError> {
         let f = &cfg.failover;
         let t = Timeouts {
             probe: cfg.probe.timeout.get(),
@@ -143,12 +145,9 @@ impl Controller {
             catch_up: f.catch_up_timeout.get(),
             rejoin: Duration::from_secs(120),
         };
-        let state = store.state().unwrap_or_else(|e| {
-            warn!(error = %e, "could not read the controller state; starting empty");
-            ControllerState::default()
-        });
+        let state = store.state()?;
         let start = now();
-        Controller {
+        Ok(Controller {
             policy: Policy {
                 mode: f.mode,
                 replication: f.replication,
@@ -185,7 +184,7 @@ impl Controller {
             router,
             state,
             metrics,
-        }
+        })
     }
 
     /// Starts probers and the loop; returns the handle the API uses.

@@ -29,6 +29,15 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file is not a database, fails its integrity check, or holds a state that cannot be
+    /// decoded. Permanent: starting anyway would forget the primary, the epoch and the fences.
+    #[error(
+        "the state store {path} is damaged ({detail}); Lifeboat does not start without its \
+         state (primary, epoch, fences, a plan in flight). Restore the file from a copy, or \
+         move it aside to start afresh: Lifeboat then adopts the one writable node and refuses \
+         to choose between several (`lifeboat failover --to NODE` decides)"
+    )]
+    Damaged { path: PathBuf, detail: String },
 }
 
 /// How a step or an incident ended. `Unknown`: Lifeboat could not find out.
@@ -117,6 +126,7 @@ pub struct Event {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    path: PathBuf,
 }
 
 const SCHEMA: &str = r#"
@@ -132,30 +142,54 @@ CREATE TABLE IF NOT EXISTS timeline (
 CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
 "#;
 
+/// `Damaged` for a file that is not a database or is corrupt; otherwise an open error.
+fn damaged_or(path: &Path, source: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match source.sqlite_error_code() {
+        Some(NotADatabase | DatabaseCorrupt) => StoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: source.to_string(),
+        },
+        _ => StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) `dir/lifeboat.db`.
+    /// Opens (creating if needed) `dir/lifeboat.db`. A file that is not a database, fails
+    /// SQLite's quick check, or holds a state that does not decode is refused as `Damaged`:
+    /// the caller must not start without its state.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.into(),
             source,
         })?;
         let path = dir.join("lifeboat.db");
-        let conn = Connection::open(&path).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let opened = |source: rusqlite::Error| damaged_or(&path, source);
+        let conn = Connection::open(&path).map_err(opened)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
         )
-        .map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|source| StoreError::Open { path, source })?;
-        Ok(Store {
+        .map_err(opened)?;
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(opened)?;
+        if check != "ok" {
+            return Err(StoreError::Damaged {
+                path,
+                detail: format!("integrity check: {check}"),
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(opened)?;
+        let store = Store {
             conn: Mutex::new(conn),
-        })
+            path,
+        };
+        // A state that cannot be decoded is damage too, found before anything runs.
+        store.state()?;
+        Ok(store)
     }
 
     fn with<T>(
@@ -170,9 +204,13 @@ impl Store {
         self.with(|c| {
             let json: Option<String> = c
                 .query_row("SELECT json FROM state WHERE id = 1", [], |r| r.get(0))
-                .optional()?;
+                .optional()
+                .map_err(|e| damaged_or(&self.path, e))?;
             Ok(match json {
-                Some(j) => serde_json::from_str(&j)?,
+                Some(j) => serde_json::from_str(&j).map_err(|e| StoreError::Damaged {
+                    path: self.path.clone(),
+                    detail: format!("the controller state does not decode: {e}"),
+                })?,
                 None => ControllerState::default(),
             })
         })

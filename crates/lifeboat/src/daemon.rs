@@ -131,7 +131,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let router = Router::new().with_upstream_timeout(cfg.endpoint.upstream_timeout.get());
-    let controller = Controller::new(cfg.clone(), nodes, store, router.clone(), metrics);
+    let controller = Controller::new(cfg.clone(), nodes, store, router.clone(), metrics)?;
     let handle = controller.start(cancel.clone(), &tasks);
     tasks.spawn(router.serve(
         endpoint,

@@ -275,3 +275,75 @@ async fn the_api_refuses_bad_tokens_and_malformed_requests() -> Result<()> {
     );
     Ok(())
 }
+
+/// A config whose nodes are never reached: enough for `lifeboat run` to open its store.
+fn config_without_servers(dir: &TestDir) -> Result<std::path::PathBuf> {
+    let (api, ep, a, b) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let path = dir.path().join("lifeboat.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[service]\nname = \"x\"\ntier = \"t\"\n[tiers.t]\nrto = \"5s\"\nrpo = \"1s\"\n[controller]\napi-listen = \"127.0.0.1:{api}\"\n\
+             state-dir = \"state\"\n[endpoint]\nlisten = \"127.0.0.1:{ep}\"\n\
+             [regions.one]\nrole = \"primary\"\nnodes = [{{ name = \"one-1\", host = \"127.0.0.1\", port = {a} }}]\n\
+             [regions.two]\nrole = \"standby\"\nnodes = [{{ name = \"two-1\", host = \"127.0.0.1\", port = {b} }}]\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// A store that cannot be read stops `lifeboat run` before anything starts, with an error that
+/// names the file and how to recover, and the file is left exactly as it was: the daemon never
+/// starts blind, with epoch 0 and no fences.
+#[test]
+fn a_damaged_store_stops_the_daemon_and_is_left_as_it_was() -> Result<()> {
+    let dir = TestDir::new("damaged-store")?;
+    let config = config_without_servers(&dir)?;
+    let state = dir.path().join("state");
+    let db = state.join("lifeboat.db");
+
+    // A real store with a state in it, then its pages after the first overwritten.
+    {
+        let store = lifeboat_store::Store::open(&state)?;
+        let s = lifeboat_core::ControllerState {
+            primary: Some("one-1".into()),
+            epoch: 7,
+            ..Default::default()
+        };
+        store.put_state(&s)?;
+        for i in 0..200 {
+            store.event(lifeboat_core::Millis(i), "test", &"x".repeat(200))?;
+        }
+    }
+    let mut bytes = std::fs::read(&db)?;
+    assert!(bytes.len() > 8192, "the store is {} bytes", bytes.len());
+    for b in &mut bytes[4096..] {
+        *b = 0x5a;
+    }
+    let garbage = b"this is not a database, whatever its name says\n".repeat(100);
+    for (what, content) in [("corrupt pages", bytes), ("not a database", garbage)] {
+        std::fs::write(&db, &content)?;
+        let _ = std::fs::remove_file(state.join("lifeboat.db-wal"));
+        let out = Command::new(BIN)
+            .arg("run")
+            .arg("-c")
+            .arg(&config)
+            .output()?;
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{what}: the daemon started\n{err}");
+        assert!(
+            err.contains(&format!("the state store {} is damaged", db.display())),
+            "{what}: {err}"
+        );
+        assert!(
+            err.contains("Restore the file from a copy"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            std::fs::read(&db)?,
+            content,
+            "{what}: the damaged file was changed"
+        );
+    }
+    Ok(())
+}
