@@ -46,9 +46,11 @@ pub async fn base_backup(
     let bar = progress.clone();
     progress.start("base backup", 0);
     let program = pg_tool("pg_basebackup")?;
-    let conninfo_owned = conninfo.to_string();
+    // The password goes in the child's environment, never on its command line.
+    let (conninfo_owned, password) = lifeboat_postgres::split_password(conninfo);
     let streamed = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(&program)
+            .envs(password.map(|p| ("PGPASSWORD", p)))
             .args([
                 "-d",
                 &conninfo_owned,

@@ -138,7 +138,12 @@ impl WalStreamer {
         let bin = lifeboat_postgres::LocalServer::find_bin_dir()
             .map_err(|e| Error::Invalid(e.to_string()))?
             .join("pg_receivewal");
+        // The password goes in the children's environment, never on their command lines.
+        let (public, password) = lifeboat_postgres::split_password(conninfo);
+        let conninfo = public.as_str();
+        let password_env = password.as_ref().map(|p| ("PGPASSWORD", p.as_str()));
         let slot = tokio::process::Command::new(&bin)
+            .envs(password_env)
             .args([
                 "--create-slot",
                 "--if-not-exists",
@@ -163,6 +168,7 @@ impl WalStreamer {
         let log = std::fs::File::create(self.spool.with_extension("log"))
             .map_err(Error::io(&self.spool))?;
         tokio::process::Command::new(&bin)
+            .envs(password_env)
             .arg("-D")
             .arg(&self.spool)
             .args(["-S", SLOT, "-d", conninfo, "--synchronous", "--no-loop"])

@@ -5,11 +5,13 @@
 //! It knows nothing of plans or policy: the executor decides, this crate does one thing at a
 //! time, bounded by the timeout it is given.
 
+mod conninfo;
 mod error;
 mod local;
 mod lsn;
 mod sql;
 
+pub use conninfo::split_password;
 pub use error::PgError;
 pub use local::{InitOptions, LocalServer, StopMode};
 pub use lsn::{format_lsn, parse_lsn};

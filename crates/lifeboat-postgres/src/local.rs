@@ -337,8 +337,9 @@ impl LocalServer {
             tracing::info!(old = %aside.display(), "previous data directory kept");
         }
         let mut cmd = self.tool("pg_basebackup");
-        cmd.arg("-d")
-            .arg(primary.to_libpq(Some(application_name)))
+        cmd.envs(primary.password_env())
+            .arg("-d")
+            .arg(primary.to_libpq_public(Some(application_name)))
             .arg("-D")
             .arg(&self.data_dir)
             .args(["-X", "stream", "-c", "fast", "--no-sync"]);
@@ -369,7 +370,8 @@ impl LocalServer {
         let mut cmd = self.tool("pg_rewind");
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .arg(format!("--source-server={}", source.to_libpq(None)))
+            .envs(source.password_env())
+            .arg(format!("--source-server={}", source.to_libpq_public(None)))
             .arg("--no-sync");
         self.run("pg_rewind", cmd, timeout).await?;
         self.configure_standby(source, application_name)

@@ -40,7 +40,24 @@ impl fmt::Display for ConnInfo {
 }
 
 impl ConnInfo {
-    /// A libpq connection string, for `primary_conninfo` and the PostgreSQL tools.
+    /// A libpq connection string without the password, for a tool's command line (which
+    /// `ps` shows to every user): the password goes in the tool's environment, see
+    /// [`ConnInfo::password_env`].
+    pub fn to_libpq_public(&self, application_name: Option<&str>) -> String {
+        ConnInfo {
+            password: None,
+            ..self.clone()
+        }
+        .to_libpq(application_name)
+    }
+
+    /// `PGPASSWORD` for a child process that connects with [`ConnInfo::to_libpq_public`].
+    pub fn password_env(&self) -> Option<(&'static str, &str)> {
+        self.password.as_deref().map(|p| ("PGPASSWORD", p))
+    }
+
+    /// A libpq connection string with the password, for `primary_conninfo` (a file only the
+    /// server's OS user reads), never for a command line.
     pub fn to_libpq(&self, application_name: Option<&str>) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut s = format!(
@@ -383,4 +400,34 @@ pub async fn write_heartbeat(
         c.batch_execute(&sql).await.map_err(&e)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnInfo;
+
+    #[test]
+    fn a_tools_command_line_never_carries_the_password() {
+        let c = ConnInfo {
+            host: "db.example".into(),
+            port: 5432,
+            user: "lifeboat".into(),
+            password: Some("s3cr'et".into()),
+            dbname: "postgres".into(),
+        };
+        let public = c.to_libpq_public(Some("eu-west-1"));
+        assert!(!public.contains("s3cr"), "{public}");
+        assert!(!public.contains("password"), "{public}");
+        assert_eq!(
+            public,
+            "host='db.example' port=5432 user='lifeboat' dbname='postgres' application_name='eu-west-1'"
+        );
+        assert_eq!(c.password_env(), Some(("PGPASSWORD", "s3cr'et")));
+        assert!(c.to_libpq(None).contains("password='s3cr\\'et'"));
+        let none = ConnInfo {
+            password: None,
+            ..c
+        };
+        assert_eq!(none.password_env(), None);
+    }
 }

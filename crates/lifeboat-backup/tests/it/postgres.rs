@@ -149,3 +149,54 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
     assert_eq!(n, "4");
     Ok(())
 }
+
+/// pg_basebackup and pg_receivewal get the password through their environment, not their
+/// command lines (which every user sees in `ps`), and still reach a server that demands it.
+#[tokio::test]
+async fn a_server_that_needs_a_password_is_backed_up_and_streamed_from() -> Result<()> {
+    let dir = TestDir::new("pg-password")?;
+    let repo = new_repo(dir.path()).await?;
+    let opts = InitOptions {
+        superuser_password: Some("correct horse".into()),
+        ..InitOptions::default()
+    };
+    let pg = PgCluster::primary(&dir, "pg", opts).await?;
+    let conninfo = pg.conninfo().to_libpq(None);
+    assert!(conninfo.contains("password="));
+    let opts = BackupOptions {
+        source: "db".into(),
+        tier: "full".into(),
+        tags: vec![],
+        group: None,
+        full: false,
+    };
+    base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?;
+
+    let status = Arc::new(WalStatus::default());
+    let streamer = WalStreamer {
+        repo: repo.clone(),
+        server: lifeboat_backup::walstream::fixed(conninfo.clone()),
+        spool: dir.path().join("spool"),
+        upload_every: Duration::from_millis(200),
+        status: status.clone(),
+        system: Default::default(),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(streamer.run(cancel.clone()));
+    pg.client()
+        .await?
+        .batch_execute("SELECT pg_switch_wal()")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status.last_synced_ms.load(Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the streamer never synced: {:?}",
+            status.last_error.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+    task.await?;
+    Ok(())
+}

@@ -63,6 +63,22 @@ async fn wrong_password_is_a_permanent_error_that_names_the_cause() -> Result<()
     Ok(())
 }
 
+/// pg_basebackup gets the password through its environment, not its command line (which
+/// every user sees in `ps`), and still clones from a primary that demands it.
+#[tokio::test]
+async fn a_standby_clones_from_a_primary_that_needs_a_password() -> Result<()> {
+    let dir = TestDir::new("pg-auth-clone")?;
+    let opts = InitOptions {
+        superuser_password: Some("right horse".into()),
+        ..InitOptions::default()
+    };
+    let p = PgCluster::primary(&dir, "p", opts).await?;
+    let s = PgCluster::standby_of(&dir, "s", &p).await?;
+    let so = pg::probe(&s.conninfo(), T).await?;
+    assert!(so.in_recovery && so.wal_receiver_streaming, "{so:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn nothing_listening_is_a_retryable_connect_error() -> Result<()> {
     let conn = pg::ConnInfo {
