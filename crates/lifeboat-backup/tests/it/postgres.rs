@@ -11,6 +11,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
+fn full_options() -> BackupOptions {
+    BackupOptions {
+        source: "db".into(),
+        tier: "full".into(),
+        tags: vec![],
+        group: None,
+        full: false,
+    }
+}
+
+/// A WAL streamer from `conninfo` into `repo`, uploading every 200 ms, and its status.
+fn streamer(
+    repo: &lifeboat_backup::repo::Repo,
+    conninfo: &str,
+    dir: &TestDir,
+) -> (WalStreamer, Arc<WalStatus>) {
+    let status = Arc::new(WalStatus::default());
+    let s = WalStreamer {
+        repo: repo.clone(),
+        server: lifeboat_backup::walstream::fixed(conninfo.to_owned()),
+        spool: dir.path().join("spool"),
+        upload_every: Duration::from_millis(200),
+        status: status.clone(),
+        system: Default::default(),
+    };
+    (s, status)
+}
+
 /// Rows committed after the base backup, in a segment never finished or archived, come back
 /// from the streamed `.partial` after the primary is killed.
 #[tokio::test]
@@ -23,24 +51,10 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     let db = pg.client().await?;
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await?;
-    let opts = BackupOptions {
-        source: "db".into(),
-        tier: "full".into(),
-        tags: vec![],
-        group: None,
-        full: false,
-    };
+    let opts = full_options();
     base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?;
 
-    let status = Arc::new(WalStatus::default());
-    let streamer = WalStreamer {
-        repo: repo.clone(),
-        server: lifeboat_backup::walstream::fixed(conninfo.clone()),
-        spool: dir.path().join("spool"),
-        upload_every: Duration::from_millis(200),
-        status: status.clone(),
-        system: Default::default(),
-    };
+    let (streamer, status) = streamer(&repo, &conninfo, &dir);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(streamer.run(cancel.clone()));
     for id in 1..=50 {
@@ -163,24 +177,10 @@ async fn a_server_that_needs_a_password_is_backed_up_and_streamed_from() -> Resu
     let pg = PgCluster::primary(&dir, "pg", opts).await?;
     let conninfo = pg.conninfo().to_libpq(None);
     assert!(conninfo.contains("password="));
-    let opts = BackupOptions {
-        source: "db".into(),
-        tier: "full".into(),
-        tags: vec![],
-        group: None,
-        full: false,
-    };
+    let opts = full_options();
     base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?;
 
-    let status = Arc::new(WalStatus::default());
-    let streamer = WalStreamer {
-        repo: repo.clone(),
-        server: lifeboat_backup::walstream::fixed(conninfo.clone()),
-        spool: dir.path().join("spool"),
-        upload_every: Duration::from_millis(200),
-        status: status.clone(),
-        system: Default::default(),
-    };
+    let (streamer, status) = streamer(&repo, &conninfo, &dir);
     let cancel = CancellationToken::new();
     let task = tokio::spawn(streamer.run(cancel.clone()));
     pg.client()

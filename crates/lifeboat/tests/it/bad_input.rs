@@ -84,17 +84,7 @@ fn the_demo_without_postgresql_says_how_to_install_it() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_nodes_give_a_clear_status_and_no_failover() -> Result<()> {
     let dir = TestDir::new("unreachable")?;
-    let (api, ep, a, b) = (free_port()?, free_port()?, free_port()?, free_port()?);
-    let path = dir.path().join("lifeboat.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[service]\nname = \"x\"\ntier = \"t\"\n[tiers.t]\nrto = \"5s\"\nrpo = \"1s\"\n[controller]\napi-listen = \"127.0.0.1:{api}\"\n\
-             state-dir = \"state\"\napi-token-env = \"LIFEBOAT_TEST_TOKEN\"\n[endpoint]\nlisten = \"127.0.0.1:{ep}\"\n\
-             [regions.one]\nrole = \"primary\"\nnodes = [{{ name = \"one-1\", host = \"127.0.0.1\", port = {a} }}]\n\
-             [regions.two]\nrole = \"standby\"\nnodes = [{{ name = \"two-1\", host = \"127.0.0.1\", port = {b} }}]\n"
-        ),
-    )?;
+    let (path, api) = config_without_servers(&dir)?;
     let mut child = Command::new(BIN)
         .arg("run")
         .arg("-c")
@@ -276,20 +266,21 @@ async fn the_api_refuses_bad_tokens_and_malformed_requests() -> Result<()> {
     Ok(())
 }
 
-/// A config whose nodes are never reached: enough for `lifeboat run` to open its store.
-fn config_without_servers(dir: &TestDir) -> Result<std::path::PathBuf> {
+/// A config whose nodes are never reached (nothing listens on their ports), its API token in
+/// `LIFEBOAT_TEST_TOKEN`; with the API's port.
+fn config_without_servers(dir: &TestDir) -> Result<(std::path::PathBuf, u16)> {
     let (api, ep, a, b) = (free_port()?, free_port()?, free_port()?, free_port()?);
     let path = dir.path().join("lifeboat.toml");
     std::fs::write(
         &path,
         format!(
             "[service]\nname = \"x\"\ntier = \"t\"\n[tiers.t]\nrto = \"5s\"\nrpo = \"1s\"\n[controller]\napi-listen = \"127.0.0.1:{api}\"\n\
-             state-dir = \"state\"\n[endpoint]\nlisten = \"127.0.0.1:{ep}\"\n\
+             state-dir = \"state\"\napi-token-env = \"LIFEBOAT_TEST_TOKEN\"\n[endpoint]\nlisten = \"127.0.0.1:{ep}\"\n\
              [regions.one]\nrole = \"primary\"\nnodes = [{{ name = \"one-1\", host = \"127.0.0.1\", port = {a} }}]\n\
              [regions.two]\nrole = \"standby\"\nnodes = [{{ name = \"two-1\", host = \"127.0.0.1\", port = {b} }}]\n"
         ),
     )?;
-    Ok(path)
+    Ok((path, api))
 }
 
 /// A store that cannot be read stops `lifeboat run` before anything starts, with an error that
@@ -298,7 +289,7 @@ fn config_without_servers(dir: &TestDir) -> Result<std::path::PathBuf> {
 #[test]
 fn a_damaged_store_stops_the_daemon_and_is_left_as_it_was() -> Result<()> {
     let dir = TestDir::new("damaged-store")?;
-    let config = config_without_servers(&dir)?;
+    let (config, _) = config_without_servers(&dir)?;
     let state = dir.path().join("state");
     let db = state.join("lifeboat.db");
 
