@@ -10,10 +10,12 @@ pub mod health;
 pub mod model;
 pub mod plan;
 pub mod time;
+pub mod transition;
 pub mod view;
 
 pub use decide::{decide, plan_command, Command};
 pub use health::{Health, Thresholds, Tracker};
 pub use plan::{Decision, Plan, PlanKind, Step};
 pub use time::Millis;
+pub use transition::{after_plan, after_step, before_step, StepOutcome};
 pub use view::{ClusterView, ControllerState, NodeView, PgFacts, Policy};

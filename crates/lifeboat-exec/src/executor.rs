@@ -4,7 +4,9 @@
 
 use crate::nodes::Node;
 use crate::router::Router;
-use lifeboat_core::{ControllerState, Millis, Plan, PlanKind, Step};
+use lifeboat_core::{
+    after_plan, after_step, before_step, ControllerState, Millis, Plan, PlanKind, Step, StepOutcome,
+};
 use lifeboat_postgres as pg;
 use lifeboat_store::{Figures, Outcome, Store};
 use std::collections::BTreeMap;
@@ -318,12 +320,7 @@ impl Executor {
                 }
             }
         }
-        if matches!(
-            plan.kind,
-            PlanKind::Failover | PlanKind::ManualFailover | PlanKind::Switchover
-        ) {
-            state.last_failover = Some(now());
-        }
+        *state = after_plan(state, plan, now());
         self.finish(plan, state, incident, figures, Outcome::Ok, None, false)
     }
 
@@ -428,8 +425,24 @@ impl Executor {
         if step.may_change_server() {
             self.stop_background_fence(step.node());
         }
-        match self.step_inner(plan, step, state, incident).await {
+        self.transition(state, before_step(state, step));
+        let r = match self.step_inner(plan, step, incident).await {
             Ok(r) | Err(r) => r,
+        };
+        let outcome = match &r {
+            StepResult::Ok(_) => StepOutcome::Ok,
+            StepResult::Failed(_) | StepResult::Unreached(_) => StepOutcome::Failed,
+            StepResult::Unknown(_) => StepOutcome::Unknown,
+        };
+        self.transition(state, after_step(state, step, outcome));
+        r
+    }
+
+    /// Replaces the durable state with `next`, persisting it when it changed.
+    fn transition(&self, state: &mut ControllerState, next: ControllerState) {
+        if next != *state {
+            *state = next;
+            self.persist(state);
         }
     }
 
@@ -437,7 +450,6 @@ impl Executor {
         &self,
         plan: &Plan,
         step: &Step,
-        state: &mut ControllerState,
         incident: Option<i64>,
     ) -> Result<StepResult, StepResult> {
         let t = self.t;
@@ -455,8 +467,6 @@ impl Executor {
             }
             Step::FenceNode { node, required } => {
                 let n = self.node(node)?;
-                state.fenced.insert(node.clone());
-                self.persist(state);
                 if *required {
                     fence(plan.kind, n, t.fence).await
                 } else {
@@ -494,9 +504,6 @@ impl Executor {
             }
             Step::RouteEndpoint { node, epoch } => {
                 let n = self.node(node)?;
-                state.primary = Some(node.clone());
-                state.epoch = state.epoch.max(*epoch);
-                self.persist(state);
                 self.router.route_to(node, n.addr, *epoch);
                 StepResult::Ok(format!(
                     "endpoint routes to {node} at {} (epoch {epoch})",
@@ -527,29 +534,12 @@ impl Executor {
                 }
             }
             Step::MarkNeedsRejoin { node } => {
-                state.fenced.insert(node.clone());
-                state.needs_rejoin.insert(node.clone());
-                self.persist(state);
                 StepResult::Ok(format!("{node} must rejoin before it serves again"))
             }
             Step::Rejoin { node, source } => {
-                let r = self.rejoin(self.node(node)?, self.node(source)?).await;
-                if matches!(r, StepResult::Ok(_)) {
-                    state.fenced.remove(node);
-                    state.needs_rejoin.remove(node);
-                    self.persist(state);
-                }
-                r
+                self.rejoin(self.node(node)?, self.node(source)?).await
             }
-            Step::Unfence { node } => {
-                let n = self.node(node)?;
-                let r = self.unfence(n).await;
-                if matches!(r, StepResult::Ok(_)) {
-                    state.fenced.remove(node);
-                    self.persist(state);
-                }
-                r
-            }
+            Step::Unfence { node } => self.unfence(self.node(node)?).await,
         })
     }
 

@@ -4,6 +4,7 @@
 mod health_spec;
 mod props;
 mod spec;
+mod transition_spec;
 
 use lifeboat_core::model::{FailoverMode, RegionRole, ReplicationMode};
 use lifeboat_core::{ClusterView, Health, Millis, NodeView, PgFacts, Policy};
