@@ -105,12 +105,6 @@ impl Tracker {
         }
     }
 
-    /// Feeds one result of a probe that answered at once (started and finished at `at`).
-    /// Returns true when the health label changed.
-    pub fn observe(&mut self, result: Result<(), &str>, at: Millis, t: Thresholds) -> bool {
-        self.observe_probe(result, at, at, t)
-    }
-
     /// Feeds the result of a probe that started at `started` and whose answer (or timeout)
     /// was known at `at`. A probe that ran past its timeout is a failure. Returns true when
     /// the health label changed.
@@ -209,7 +203,8 @@ mod tests {
                 } else {
                     Err("connection refused")
                 };
-                tr.observe(r, Millis(i as u64 * 100), T);
+                let at = Millis(i as u64 * 100);
+                tr.observe_probe(r, at, at, T);
                 tr.health.label()
             })
             .collect()

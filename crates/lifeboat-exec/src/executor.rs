@@ -80,9 +80,9 @@ pub struct Executor {
 struct Background {
     tasks: TaskTracker,
     cancel: CancellationToken,
-    /// node -> (generation, token) of its running background fence.
-    fences: Arc<Mutex<BTreeMap<String, (u64, CancellationToken)>>>,
-    generation: std::sync::atomic::AtomicU64,
+    /// node -> the token of its running background fence. Whoever cancels a token removes
+    /// it first (under the lock), so a fence that ends uncancelled still owns its entry.
+    fences: Arc<Mutex<BTreeMap<String, CancellationToken>>>,
 }
 
 impl Executor {
@@ -96,7 +96,6 @@ impl Executor {
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 fences: Arc::default(),
-                generation: Default::default(),
             },
         }
     }
@@ -126,7 +125,7 @@ impl Executor {
             .fences
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some((_, token)) = fences.remove(node) {
+        if let Some(token) = fences.remove(node) {
             token.cancel();
         }
     }
@@ -136,15 +135,11 @@ impl Executor {
     fn fence_in_background(&self, kind: PlanKind, n: &Node, incident: Option<i64>) {
         self.stop_background_fence(&n.name);
         let token = self.background.cancel.child_token();
-        let generation = self
-            .background
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.background
             .fences
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(n.name.clone(), (generation, token.clone()));
+            .insert(n.name.clone(), token.clone());
         let (n, store, t) = (n.clone(), self.store.clone(), self.t);
         let fences = self.background.fences.clone();
         let span = tracing::info_span!(parent: None, "background-fence", node = %n.name, incident);
@@ -167,7 +162,7 @@ impl Executor {
                 }
                 let _ = store.event(now(), "fence", &format!("{}: {detail}", n.name));
                 let mut fences = fences.lock().unwrap_or_else(|e| e.into_inner());
-                if fences.get(&n.name).is_some_and(|(g, _)| *g == generation) {
+                if !token.is_cancelled() {
                     fences.remove(&n.name);
                 }
             }

@@ -3,6 +3,7 @@
 //! refuses to run as root.
 
 use crate::error::PgError;
+use crate::split_password;
 use crate::sql::ConnInfo;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -336,10 +337,11 @@ impl LocalServer {
             })?;
             tracing::info!(old = %aside.display(), "previous data directory kept");
         }
+        let (conninfo, password) = split_password(&primary.to_libpq(Some(application_name)));
         let mut cmd = self.tool("pg_basebackup");
-        cmd.envs(primary.password_env())
+        cmd.envs(password.map(|p| ("PGPASSWORD", p)))
             .arg("-d")
-            .arg(primary.to_libpq_public(Some(application_name)))
+            .arg(conninfo)
             .arg("-D")
             .arg(&self.data_dir)
             .args(["-X", "stream", "-c", "fast", "--no-sync"]);
@@ -367,11 +369,12 @@ impl LocalServer {
             }
         })?;
         drop(c);
+        let (conninfo, password) = split_password(&source.to_libpq(None));
         let mut cmd = self.tool("pg_rewind");
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .envs(source.password_env())
-            .arg(format!("--source-server={}", source.to_libpq_public(None)))
+            .envs(password.map(|p| ("PGPASSWORD", p)))
+            .arg(format!("--source-server={conninfo}"))
             .arg("--no-sync");
         self.run("pg_rewind", cmd, timeout).await?;
         self.configure_standby(source, application_name)

@@ -40,24 +40,9 @@ impl fmt::Display for ConnInfo {
 }
 
 impl ConnInfo {
-    /// A libpq connection string without the password, for a tool's command line (which
-    /// `ps` shows to every user): the password goes in the tool's environment, see
-    /// [`ConnInfo::password_env`].
-    pub fn to_libpq_public(&self, application_name: Option<&str>) -> String {
-        ConnInfo {
-            password: None,
-            ..self.clone()
-        }
-        .to_libpq(application_name)
-    }
-
-    /// `PGPASSWORD` for a child process that connects with [`ConnInfo::to_libpq_public`].
-    pub fn password_env(&self) -> Option<(&'static str, &str)> {
-        self.password.as_deref().map(|p| ("PGPASSWORD", p))
-    }
-
     /// A libpq connection string with the password, for `primary_conninfo` (a file only the
-    /// server's OS user reads), never for a command line.
+    /// server's OS user reads). Never for a command line as it is: a tool gets it through
+    /// [`crate::split_password`], the password in its environment.
     pub fn to_libpq(&self, application_name: Option<&str>) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut s = format!(
@@ -406,28 +391,27 @@ pub async fn write_heartbeat(
 mod tests {
     use super::ConnInfo;
 
+    /// What `to_libpq` quotes, `split_password` reads back: a tool's command line gets the
+    /// string without the password, its environment the password itself.
     #[test]
     fn a_tools_command_line_never_carries_the_password() {
         let c = ConnInfo {
             host: "db.example".into(),
             port: 5432,
             user: "lifeboat".into(),
-            password: Some("s3cr'et".into()),
+            password: Some("s3cr'et \\ x".into()),
             dbname: "postgres".into(),
         };
-        let public = c.to_libpq_public(Some("eu-west-1"));
-        assert!(!public.contains("s3cr"), "{public}");
-        assert!(!public.contains("password"), "{public}");
+        let (public, password) = crate::split_password(&c.to_libpq(Some("eu-west-1")));
         assert_eq!(
             public,
             "host='db.example' port=5432 user='lifeboat' dbname='postgres' application_name='eu-west-1'"
         );
-        assert_eq!(c.password_env(), Some(("PGPASSWORD", "s3cr'et")));
-        assert!(c.to_libpq(None).contains("password='s3cr\\'et'"));
+        assert_eq!(password.as_deref(), Some("s3cr'et \\ x"));
         let none = ConnInfo {
             password: None,
             ..c
         };
-        assert_eq!(none.password_env(), None);
+        assert_eq!(crate::split_password(&none.to_libpq(None)).1, None);
     }
 }

@@ -158,9 +158,9 @@ fn damaged_or(path: &Path, source: rusqlite::Error) -> StoreError {
 }
 
 impl Store {
-    /// Opens (creating if needed) `dir/lifeboat.db`. A file that is not a database, fails
-    /// SQLite's quick check, or holds a state that does not decode is refused as `Damaged`:
-    /// the caller must not start without its state.
+    /// Opens (creating if needed) `dir/lifeboat.db`. A file that is not a database or fails
+    /// SQLite's quick check is refused as `Damaged`, and so is, by [`Store::state`], a state
+    /// that does not decode: the caller must not start without its state.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.into(),
@@ -183,13 +183,10 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA).map_err(opened)?;
-        let store = Store {
+        Ok(Store {
             conn: Mutex::new(conn),
             path,
-        };
-        // A state that cannot be decoded is damage too, found before anything runs.
-        store.state()?;
-        Ok(store)
+        })
     }
 
     fn with<T>(
@@ -458,5 +455,35 @@ mod tests {
         assert_eq!(inc[0].status, Outcome::Running);
         assert_eq!(inc[0].timeline[0].outcome, Outcome::Unknown);
         assert_eq!(inc[0].timeline[0].detail, "timed out after 10s");
+    }
+
+    /// A state row that no longer decodes (a partial write by hand, a downgrade) is damage,
+    /// named with the file, never an empty state.
+    #[test]
+    fn a_state_that_does_not_decode_is_damage_not_an_empty_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let s = ControllerState {
+            primary: Some("pg-a".into()),
+            epoch: 7,
+            ..Default::default()
+        };
+        store.put_state(&s).unwrap();
+        assert_eq!(store.state().unwrap(), s);
+        store
+            .with(|c| {
+                c.execute("UPDATE state SET json = '{\"primary\": 3' WHERE id = 1", [])?;
+                Ok(())
+            })
+            .unwrap();
+        let err = store.state().unwrap_err().to_string();
+        let db = dir.path().join("lifeboat.db");
+        assert!(
+            err.starts_with(&format!(
+                "the state store {} is damaged (the controller state does not decode",
+                db.display()
+            )),
+            "{err}"
+        );
     }
 }

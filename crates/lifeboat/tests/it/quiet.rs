@@ -73,6 +73,11 @@ async fn fail_over_while_quiet(prefix: &str, quiet: Quiet) -> Result<()> {
     if during.is_ok() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // A stopped server cannot be fenced yet: its fence is still running, and status says so.
+    let fencing_while_hung = match quiet {
+        Quiet::Hang => Some(d.status().await?["fencing_in_background"].clone()),
+        Quiet::SilentNetwork => None,
+    };
     let fault_ended = SystemTime::now();
     match quiet {
         Quiet::Hang => regions.primary.signal_all(Signal::SIGCONT)?,
@@ -80,6 +85,9 @@ async fn fail_over_while_quiet(prefix: &str, quiet: Quiet) -> Result<()> {
     }
     let s = during?;
     assert_eq!(s["epoch"], 2, "{s:#}");
+    if let Some(f) = fencing_while_hung {
+        assert_eq!(f, serde_json::json!(["us-east-1"]));
+    }
 
     let log = canary.stop().await?;
     let back = log
