@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Lifeboat's demo and tests need on Debian 12, only what is missing:
 # PostgreSQL 15 server binaries (and the `postgres` OS user that comes with them), nftables
-# (the silent-network tests), then any
+# (the silent-network tests), Redis 7 (the Redis provider's tests), then any
 # subsystem's own needs from .ci/setup-*.sh. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +13,8 @@ command -v setpriv >/dev/null || need util-linux
 command -v curl >/dev/null || need curl
 # nft: the tests make a silent network with an nftables drop rule (they run as root in CI).
 command -v nft >/dev/null || need nftables
+# redis-server: the Redis provider's tests start real Redis 7 servers.
+command -v redis-server >/dev/null || need redis-server
 if ((${#apt_missing[@]})); then
   if [[ $EUID -ne 0 ]]; then
     echo "missing Debian packages: ${apt_missing[*]}; run this script as root (or: sudo apt-get install -y ${apt_missing[*]})" >&2

@@ -81,7 +81,7 @@ pg_dsn() { echo "host=127.0.0.1 port=$1 user=postgres dbname=postgres connect_ti
 pids_in_datadir() { find /proc -mindepth 2 -maxdepth 2 -name cwd -lname "$1" 2>/dev/null | cut -d/ -f3; }
 alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 wait_until() { local t_end=$(( $(date +%s) + $1 )); shift; while (( $(date +%s) < t_end )); do "$@" && return 0; sleep 0.1; done; return 1; }
-status_has() { curl -fsS -m 2 "http://127.0.0.1:$API/v1/status" 2>/dev/null | "$PY" -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if ($1) else 1)" 2>/dev/null; }
+status_has() { curl -fsS -m 2 "http://127.0.0.1:$API/v1/status?service=bench" 2>/dev/null | "$PY" -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if ($1) else 1)" 2>/dev/null; }
 canary_acked() { grep -q '"t_ack"' "$T/canary.jsonl" 2>/dev/null; }
 acked_after() {
   tail -n 200 "$T/canary.jsonl" 2>/dev/null | "$PY" -c '
@@ -139,32 +139,32 @@ EOF
 
   local replication; replication=$( ((SYNC)) && echo sync || echo async )
   cat > "$T/lifeboat.toml" <<EOF
-[service]
-name = "bench"
-tier = "gold"
 [controller]
 api-listen = "127.0.0.1:$API"
 state-dir = "state"
 api-token-env = "LIFEBOAT_API_TOKEN"
-[endpoint]
-listen = "127.0.0.1:$EP"
-[failover]
-replication = "$replication"
 [tiers.gold]
 rto = "30s"
 rpo = "1s"
-[regions.us-east]
+[services.bench]
+kind = "postgres"
+tier = "gold"
+[services.bench.endpoint]
+listen = "127.0.0.1:$EP"
+[services.bench.failover]
+replication = "$replication"
+[services.bench.regions.us-east]
 role = "primary"
 priority = 100
-[[regions.us-east.nodes]]
+[[services.bench.regions.us-east.nodes]]
 name = "us-east-1"
 host = "127.0.0.1"
 port = $P1
 control = { data-dir = "$T/us-east-1" }
-[regions.eu-west]
+[services.bench.regions.eu-west]
 role = "standby"
 priority = 50
-[[regions.eu-west.nodes]]
+[[services.bench.regions.eu-west.nodes]]
 name = "eu-west-1"
 host = "127.0.0.1"
 port = $P2
@@ -295,7 +295,7 @@ stall_run() {
   done
   sleep 2
   kill -TERM "$CANARY_PID" 2>/dev/null; wait "$CANARY_PID" 2>/dev/null; CANARY_PID=""
-  curl -fsS -m 2 "http://127.0.0.1:$API/v1/status" > "$T/status.json"
+  curl -fsS -m 2 "http://127.0.0.1:$API/v1/status?service=bench" > "$T/status.json"
   curl -fsS -m 2 "http://127.0.0.1:$API/v1/incidents" > "$T/incidents.json"
   "$PY" "$SHARED/canary.py" verify --dsn "$(pg_dsn "$EP")" --log "$T/canary.jsonl" \
     --out "$T/verify.json" --quiet --connect-wait 20 > "$T/verify.out" 2>&1

@@ -1,6 +1,8 @@
 //! The HTTP API under `/v1`, `/metrics` and `/healthz`: the only crate that speaks HTTP to
 //! users. Reading is open; every request that changes something needs the bearer token.
-//! It holds no logic of its own: requests go to the controller through its [`Handle`].
+//! It holds no logic of its own: requests go to the controller of their service through its
+//! [`Handle`]. A node names its service (a node belongs to one); pause and resume name the
+//! service when there are several.
 
 // Handlers return ready responses on their error paths; boxing them buys nothing here.
 #![allow(clippy::result_large_err)]
@@ -25,7 +27,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct ApiState {
-    pub handle: Handle,
+    /// One handle per service, in service-name order.
+    pub services: Vec<Handle>,
     /// `None`: no token configured, so every changing request is refused.
     pub token: Option<Arc<str>>,
     pub registry: Arc<Registry>,
@@ -117,8 +120,48 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
-async fn status(State(s): State<ApiState>) -> Response {
-    Json(s.handle.status()).into_response()
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceQuery {
+    service: Option<String>,
+}
+
+/// Every service's status (`{"services": [...]}`), or one service's with `?service=NAME`.
+async fn status(
+    State(s): State<ApiState>,
+    q: Result<Query<ServiceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    match q {
+        Err(e) => error(StatusCode::BAD_REQUEST, e.body_text()),
+        Ok(Query(ServiceQuery { service: None })) => {
+            let all: Vec<_> = s.services.iter().map(Handle::status).collect();
+            Json(json!({ "services": all })).into_response()
+        }
+        Ok(Query(ServiceQuery {
+            service: Some(name),
+        })) => match service_named(&s, &name) {
+            Ok(h) => Json(h.status()).into_response(),
+            Err(r) => r,
+        },
+    }
+}
+
+fn service_named<'a>(s: &'a ApiState, name: &str) -> Result<&'a Handle, Response> {
+    s.services
+        .iter()
+        .find(|h| h.service == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = s.services.iter().map(|h| h.service.as_str()).collect();
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown service {name:?}; services: {}", known.join(", ")),
+            )
+        })
+}
+
+/// The one handle that reaches the store (the services share its file).
+fn store(s: &ApiState) -> &lifeboat_store::Store {
+    &s.services[0].store
 }
 
 #[derive(Deserialize)]
@@ -135,7 +178,7 @@ async fn events(
         Ok(Query(l)) => l.limit.unwrap_or(100).min(10_000),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    match s.handle.store.events(limit) {
+    match store(&s).events(limit) {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -149,7 +192,7 @@ async fn incidents(
         Ok(Query(l)) => l.limit.unwrap_or(20).min(1_000),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    match s.handle.store.incidents(limit) {
+    match store(&s).incidents(limit) {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
@@ -162,7 +205,7 @@ async fn incident(State(s): State<ApiState>, Path(id): Path<String>) -> Response
             format!("incident id must be a number, got {id:?}"),
         );
     };
-    match s.handle.store.incident(id) {
+    match store(&s).incident(id) {
         Ok(Some(i)) => Json(i).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -197,42 +240,69 @@ fn authorize(s: &ApiState, headers: &HeaderMap) -> Result<String, Response> {
     }
 }
 
-fn check_node(s: &ApiState, node: &str) -> Result<(), Response> {
-    if s.handle.node_names.iter().any(|n| n == node) {
-        Ok(())
-    } else {
-        Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unknown node {node:?}; known nodes: {}",
-                s.handle.node_names.join(", ")
-            ),
-        ))
+/// The service `node` belongs to.
+fn service_of<'a>(s: &'a ApiState, node: &str) -> Result<&'a Handle, Response> {
+    s.services
+        .iter()
+        .find(|h| h.node_names.iter().any(|n| n == node))
+        .ok_or_else(|| {
+            let known: Vec<&str> = s
+                .services
+                .iter()
+                .flat_map(|h| h.node_names.iter().map(String::as_str))
+                .collect();
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown node {node:?}; known nodes: {}", known.join(", ")),
+            )
+        })
+}
+
+/// The service a pause or resume is for: the one named, or the only one.
+fn service_for<'a>(s: &'a ApiState, name: Option<&str>) -> Result<&'a Handle, Response> {
+    match (name, s.services.as_slice()) {
+        (Some(n), _) => service_named(s, n),
+        (None, [one]) => Ok(one),
+        (None, all) => {
+            let known: Vec<&str> = all.iter().map(|h| h.service.as_str()).collect();
+            Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "several services ({}): name one with {{\"service\": NAME}} (--service NAME)",
+                    known.join(", ")
+                ),
+            ))
+        }
     }
 }
 
 /// Authorizes first (401 before anything about the body is revealed), then checks the
 /// request and hands it to the controller.
-async fn act(s: &ApiState, headers: &HeaderMap, request: Result<Request, Response>) -> Response {
+async fn act(
+    s: &ApiState,
+    headers: &HeaderMap,
+    request: Result<(Request, Option<String>), Response>,
+) -> Response {
     let actor = match authorize(s, headers) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let request = match request {
+    let (request, service) = match request {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let node = match &request {
-        Request::Command(Command::Switchover { to } | Command::Failover { to, .. }) => Some(to),
-        Request::Command(Command::Rejoin { node }) => Some(node),
-        Request::Pause | Request::Resume => None,
-    };
-    if let Some(n) = node {
-        if let Err(r) = check_node(s, n) {
-            return r;
+    let handle = match &request {
+        Request::Command(Command::Switchover { to } | Command::Failover { to, .. }) => {
+            service_of(s, to)
         }
-    }
-    let reply = s.handle.request(request, &actor, REQUEST_TIMEOUT).await;
+        Request::Command(Command::Rejoin { node }) => service_of(s, node),
+        Request::Pause | Request::Resume => service_for(s, service.as_deref()),
+    };
+    let handle = match handle {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    let reply = handle.request(request, &actor, REQUEST_TIMEOUT).await;
     let code = if reply.ok {
         StatusCode::OK
     } else {
@@ -260,6 +330,12 @@ struct NodeBody {
     node: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceBody {
+    service: Option<String>,
+}
+
 async fn switchover(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -270,7 +346,7 @@ async fn switchover(
             StatusCode::BAD_REQUEST,
             "a switchover cannot be forced; use /v1/failover",
         )),
-        false => Ok(Request::Command(Command::Switchover { to })),
+        false => Ok((Request::Command(Command::Switchover { to }), None)),
     });
     act(&s, &headers, request).await
 }
@@ -280,7 +356,8 @@ async fn failover(
     headers: HeaderMap,
     b: Result<Json<To>, JsonRejection>,
 ) -> Response {
-    let request = body(b).map(|To { to, force }| Request::Command(Command::Failover { to, force }));
+    let request =
+        body(b).map(|To { to, force }| (Request::Command(Command::Failover { to, force }), None));
     act(&s, &headers, request).await
 }
 
@@ -289,14 +366,27 @@ async fn rejoin(
     headers: HeaderMap,
     b: Result<Json<NodeBody>, JsonRejection>,
 ) -> Response {
-    let request = body(b).map(|NodeBody { node }| Request::Command(Command::Rejoin { node }));
+    let request =
+        body(b).map(|NodeBody { node }| (Request::Command(Command::Rejoin { node }), None));
     act(&s, &headers, request).await
 }
 
-async fn pause(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    act(&s, &headers, Ok(Request::Pause)).await
+/// A pause or resume body: none, or `{"service": NAME}`.
+fn service_body(b: &[u8]) -> Result<Option<String>, Response> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice::<ServiceBody>(b)
+        .map(|s| s.service)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
 }
 
-async fn resume(State(s): State<ApiState>, headers: HeaderMap) -> Response {
-    act(&s, &headers, Ok(Request::Resume)).await
+async fn pause(State(s): State<ApiState>, headers: HeaderMap, b: axum::body::Bytes) -> Response {
+    let request = service_body(&b).map(|svc| (Request::Pause, svc));
+    act(&s, &headers, request).await
+}
+
+async fn resume(State(s): State<ApiState>, headers: HeaderMap, b: axum::body::Bytes) -> Response {
+    let request = service_body(&b).map(|svc| (Request::Resume, svc));
+    act(&s, &headers, request).await
 }

@@ -136,13 +136,7 @@ pub fn node_conn(n: &NodeConfig) -> Result<ConnInfo> {
     let password =
         lifeboat_config::read_secret(n.password_file.as_deref(), n.password_env.as_deref())
             .map_err(|e| Error::Invalid(format!("node {}: password: {e}", n.name)))?;
-    Ok(ConnInfo {
-        host: n.host.clone(),
-        port: n.port,
-        user: n.user.clone(),
-        password,
-        dbname: n.dbname.clone(),
-    })
+    Ok(ConnInfo::of_node(n, password))
 }
 
 /// A libpq connection string for a node of the config, with its password.
@@ -155,9 +149,8 @@ impl Scheduler {
     pub fn new(config: &Config) -> Option<Scheduler> {
         let backup = config.backup.clone()?;
         let nodes = config
-            .regions
-            .values()
-            .flat_map(|r| r.nodes.iter().map(|n| (n.name.clone(), n.clone())))
+            .postgres_nodes()
+            .map(|n| (n.name.clone(), n.clone()))
             .collect();
         Some(Scheduler {
             backup,

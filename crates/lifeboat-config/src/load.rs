@@ -74,6 +74,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
 pub fn parse(text: &str, base_dir: &Path) -> Result<(Config, Report), Report> {
     let doc = toml_edit::ImDocument::parse(text.to_owned()).ok();
     let locate = |r: &mut Report| r.locate(|p| doc.as_ref().and_then(|d| line_of_path(d, text, p)));
+    if let Some(mut report) = doc.as_ref().and_then(single_service_shape) {
+        locate(&mut report);
+        return Err(report);
+    }
     let (parsed, mut report) = deserialize_collecting(text);
     let Some(mut config) = parsed else {
         locate(&mut report);
@@ -99,6 +103,38 @@ pub fn parse(text: &str, base_dir: &Path) -> Result<(Config, Report), Report> {
     } else {
         Ok((config, report))
     }
+}
+
+/// The keys of the old single-service shape, which `[services.NAME]` replaced.
+const SINGLE_SERVICE_KEYS: [&str; 5] = ["service", "endpoint", "probe", "failover", "regions"];
+
+/// A file in the old single-service shape gets one error that says how to rewrite it.
+fn single_service_shape(doc: &toml_edit::ImDocument<String>) -> Option<Report> {
+    let found: Vec<&str> = SINGLE_SERVICE_KEYS
+        .into_iter()
+        .filter(|k| doc.contains_key(k))
+        .collect();
+    let first = *found.first()?;
+    let name = doc
+        .get("service")
+        .and_then(|s| s.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("NAME");
+    let mut report = Report::default();
+    report.errors.push(Finding {
+        path: first.to_owned(),
+        line: None,
+        message: format!(
+            "[{}] at the top level is the single-service shape, which [services.{name}] replaced; rewrite it as: \
+             [service] name = \"{name}\", tier = T -> [services.{name}] kind = \"postgres\", tier = T; \
+             [endpoint] -> [services.{name}.endpoint]; [probe] -> [services.{name}.probe]; \
+             [failover] -> [services.{name}.failover]; [regions.R] and [[regions.R.nodes]] -> \
+             [services.{name}.regions.R] and [[services.{name}.regions.R.nodes]] \
+             (see examples/two-region.toml)",
+            found.join("], [")
+        ),
+    });
+    Some(report)
 }
 
 /// Serde stops at the first error. To report every error at once, the offending line is
@@ -225,7 +261,7 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(b) = c.backup.as_mut() {
         b.resolve_paths(base);
     }
-    for r in c.regions.values_mut() {
+    for r in c.services.values_mut().flat_map(|s| s.regions.values_mut()) {
         for n in &mut r.nodes {
             if let Some(p) = n.password_file.as_mut() {
                 abs(p)

@@ -11,27 +11,48 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
-    pub service: ServiceConfig,
     #[serde(default)]
     pub controller: ControllerConfig,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, TierConfig>,
+    /// Every protected service by name; one controller protects them all, each on its own.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceConfig>,
+    #[serde(default)]
+    pub backup: Option<BackupConfig>,
+}
+
+/// The datastore a service runs on; it picks the provider that probes, fences and promotes
+/// its nodes.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceKind {
+    Postgres,
+    Redis,
+}
+
+impl ServiceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Postgres => "postgres",
+            ServiceKind::Redis => "redis",
+        }
+    }
+}
+
+/// One protected service: its datastore, its nodes per region, its failover policy, the
+/// tier whose RTO/RPO targets apply to it and its own client endpoint.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServiceConfig {
+    pub kind: ServiceKind,
+    pub tier: String,
     pub endpoint: EndpointConfig,
     #[serde(default)]
     pub probe: ProbeConfig,
     #[serde(default)]
     pub failover: FailoverConfig,
-    #[serde(default)]
-    pub tiers: BTreeMap<String, TierConfig>,
     pub regions: BTreeMap<String, RegionConfig>,
-    #[serde(default)]
-    pub backup: Option<BackupConfig>,
-}
-
-/// The protected service and the tier whose RTO/RPO targets apply to it.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ServiceConfig {
-    pub name: String,
-    pub tier: String,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -176,27 +197,34 @@ pub struct RegionConfig {
     pub checks: Vec<CheckConfig>,
 }
 
-/// One PostgreSQL server.
+/// One server of a service's datastore.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NodeConfig {
     pub name: String,
     pub host: String,
     pub port: u16,
-    #[serde(default = "default_user")]
-    pub user: String,
-    #[serde(default = "default_user")]
-    pub dbname: String,
+    /// PostgreSQL role (default `postgres`) or Redis ACL user (default: the `default` user).
+    pub user: Option<String>,
+    /// PostgreSQL only (default `postgres`).
+    pub dbname: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
-    /// Present when Lifeboat may stop, start and rewind this server itself.
+    /// PostgreSQL only: present when Lifeboat may stop, start and rewind this server itself.
     pub control: Option<ControlConfig>,
     /// A STONITH hook run (argv, no shell) to fence this node when it is lost.
     pub fence_command: Option<Vec<String>>,
 }
 
-fn default_user() -> String {
-    "postgres".into()
+impl NodeConfig {
+    /// The PostgreSQL role to connect as.
+    pub fn pg_user(&self) -> &str {
+        self.user.as_deref().unwrap_or("postgres")
+    }
+    /// The PostgreSQL database to connect to.
+    pub fn pg_dbname(&self) -> &str {
+        self.dbname.as_deref().unwrap_or("postgres")
+    }
 }
 
 /// Local control of a server: its data directory and the OS user that owns it.
@@ -232,18 +260,35 @@ pub struct CheckConfig {
 }
 
 impl Config {
-    /// Every node with the name and role of its region, in region-name order.
+    /// Every node of every service with the name of its region and the region's config, in
+    /// service then region-name order.
     pub fn nodes(&self) -> impl Iterator<Item = (&str, &RegionConfig, &NodeConfig)> {
-        self.regions
-            .iter()
-            .flat_map(|(r, rc)| rc.nodes.iter().map(move |n| (r.as_str(), rc, n)))
+        self.services.values().flat_map(ServiceConfig::nodes)
+    }
+
+    /// The nodes of PostgreSQL services (the ones backups can read).
+    pub fn postgres_nodes(&self) -> impl Iterator<Item = &NodeConfig> {
+        self.services
+            .values()
+            .filter(|s| s.kind == ServiceKind::Postgres)
+            .flat_map(|s| s.nodes().map(|(_, _, n)| n))
     }
 
     pub fn node(&self, name: &str) -> Option<(&str, &RegionConfig, &NodeConfig)> {
         self.nodes().find(|(_, _, n)| n.name == name)
     }
 
-    pub fn tier(&self) -> Option<&TierConfig> {
-        self.tiers.get(&self.service.tier)
+    /// The targets of `service`'s tier.
+    pub fn tier(&self, service: &ServiceConfig) -> Option<&TierConfig> {
+        self.tiers.get(&service.tier)
+    }
+}
+
+impl ServiceConfig {
+    /// Every node with the name and config of its region, in region-name order.
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, &RegionConfig, &NodeConfig)> {
+        self.regions
+            .iter()
+            .flat_map(|(r, rc)| rc.nodes.iter().map(move |n| (r.as_str(), rc, n)))
     }
 }

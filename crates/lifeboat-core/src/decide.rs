@@ -2,7 +2,7 @@
 
 use crate::health::Health;
 use crate::model::{FailoverMode, RegionRole, ReplicationMode};
-use crate::plan::{sync_names_value, Decision, Plan, PlanKind, Step};
+use crate::plan::{Decision, FenceMode, Plan, PlanKind, Step};
 use crate::time::{format_bytes, Millis};
 use crate::view::{ClusterView, NodeView, Policy};
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,7 @@ fn decide_unpaused(v: &ClusterView, p: &Policy, now: Millis) -> Decision {
                 Step::FenceNode {
                     node: rogue.name.clone(),
                     required: true,
+                    mode: FenceMode::Stop,
                 },
                 Step::MarkNeedsRejoin {
                     node: rogue.name.clone(),
@@ -131,15 +132,14 @@ fn adopt(v: &ClusterView) -> Decision {
 
 fn primary_up(v: &ClusterView, p: &Policy, primary: &NodeView) -> Decision {
     let pname = &primary.name;
-    let Some(facts) = primary.facts.as_ref().filter(|f| !f.in_recovery) else {
+    let Some(facts) = primary.facts.as_ref().filter(|f| !f.is_replica()) else {
         return no(vec![format!(
             "primary {pname} answers but is in recovery: it is not writable; check it"
         )]);
     };
     if p.replication.is_sync() {
         let desired = sync_names(v, p, primary, None);
-        let value = sync_names_value(&desired);
-        if value != facts.synchronous_standby_names {
+        if !facts.sync.satisfies(&desired) {
             let (kind, why) = if desired.is_empty() {
                 (
                     PlanKind::SyncOff,
@@ -180,7 +180,7 @@ fn primary_up(v: &ClusterView, p: &Policy, primary: &NodeView) -> Decision {
                 } else {
                     "not streaming"
                 },
-                format_bytes(facts.lsn.saturating_sub(f.lsn))
+                format_bytes(facts.position.saturating_sub(f.position))
             ),
             (h, _) => format!("standby {} is {h}", n.name),
         });
@@ -211,7 +211,7 @@ fn primary_down(
     }
     let mut best: Option<(&NodeView, u64)> = None;
     for n in v.nodes.iter().filter(|n| n.name != primary.name) {
-        match eligibility(p, primary, n, false) {
+        match eligibility(v, p, primary, n, false) {
             Ok(lag) => {
                 reasons.push(format!(
                     "standby {} is eligible, {} behind",
@@ -256,7 +256,13 @@ fn primary_down(
 }
 
 /// Why `n` may or may not be promoted in place of `primary`. `Ok` carries its lag in bytes.
-fn eligibility(p: &Policy, primary: &NodeView, n: &NodeView, force: bool) -> Result<u64, String> {
+fn eligibility(
+    v: &ClusterView,
+    p: &Policy,
+    primary: &NodeView,
+    n: &NodeView,
+    force: bool,
+) -> Result<u64, String> {
     let name = &n.name;
     if n.fenced || n.needs_rejoin {
         return Err(format!(
@@ -266,14 +272,14 @@ fn eligibility(p: &Policy, primary: &NodeView, n: &NodeView, force: bool) -> Res
     if !n.health.is_up() {
         return Err(format!("standby {name} is {}", n.health));
     }
-    let Some(f) = n.facts.as_ref().filter(|f| f.in_recovery) else {
+    let Some(f) = n.facts.as_ref().filter(|f| f.is_replica()) else {
         return Err(format!("{name} is not a standby"));
     };
     if force {
         let lag = primary
             .facts
             .as_ref()
-            .map_or(0, |pf| pf.lsn.saturating_sub(f.lsn));
+            .map_or(0, |pf| pf.position.saturating_sub(f.position));
         return Ok(lag);
     }
     if n.region_role == RegionRole::Cold {
@@ -294,7 +300,7 @@ fn eligibility(p: &Policy, primary: &NodeView, n: &NodeView, force: bool) -> Res
             primary.name
         ));
     };
-    let lag = pf.lsn.saturating_sub(f.lsn);
+    let lag = pf.position.saturating_sub(f.position);
     if lag > p.max_lag_bytes {
         return Err(format!(
             "standby {name} is {} behind (limit {})",
@@ -302,10 +308,35 @@ fn eligibility(p: &Policy, primary: &NodeView, n: &NodeView, force: bool) -> Res
             format_bytes(p.max_lag_bytes)
         ));
     }
-    if p.replication.is_sync() && !pf.sync_standbys.iter().any(|s| s == name) {
-        return Err(format!(
-            "standby {name} was not synchronous when the primary was lost"
-        ));
+    if p.replication.is_sync() {
+        if !pf.sync_replicas.iter().any(|s| s == name) {
+            return Err(format!(
+                "standby {name} was not synchronous when the primary was lost"
+            ));
+        }
+        // An acknowledged write reached at least one synchronous replica: the candidate must
+        // hold everything each of the others may hold.
+        for other in pf.sync_replicas.iter().filter(|o| *o != name) {
+            let seen = v
+                .node(other)
+                .filter(|o| o.health.is_up())
+                .and_then(|o| o.facts.as_ref())
+                .filter(|o| o.is_replica());
+            match seen {
+                Some(o) if o.position > f.position => {
+                    return Err(format!(
+                        "synchronous standby {other} is {} further ahead: it may hold acknowledged writes that {name} lacks",
+                        format_bytes(o.position - f.position)
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(format!(
+                        "synchronous standby {other} cannot be observed: it may hold acknowledged writes that {name} lacks"
+                    ))
+                }
+            }
+        }
     }
     Ok(lag)
 }
@@ -332,8 +363,10 @@ fn sync_names(
                     && n.standby_up()
                     && n.facts.as_ref().is_some_and(|f| f.streaming)
                     && primary.facts.as_ref().is_some_and(|pf| {
-                        pf.connected_standbys.contains(&n.name)
-                            && pf.lsn.saturating_sub(n.facts.as_ref().map_or(0, |f| f.lsn))
+                        pf.connected_replicas.contains(&n.name)
+                            && pf
+                                .position
+                                .saturating_sub(n.facts.as_ref().map_or(0, |f| f.position))
                                 <= p.max_lag_bytes
                     })
             }
@@ -366,6 +399,11 @@ fn failover_plan(
     steps.push(Step::FenceNode {
         node: old.name.clone(),
         required: !old.health.is_down(),
+        mode: if kind == PlanKind::Switchover {
+            FenceMode::ReadOnly
+        } else {
+            FenceMode::Stop
+        },
     });
     if kind == PlanKind::Switchover {
         steps.push(Step::WaitCatchUp {
@@ -478,7 +516,7 @@ pub fn plan_command(
                     primary.name
                 )]);
             }
-            let lag = eligibility(p, primary, target, *force).map_err(|e| {
+            let lag = eligibility(v, p, primary, target, *force).map_err(|e| {
                 vec![e, "add --force to promote anyway (data written on the old primary since may be lost)".into()]
             })?;
             let mut reasons = vec![format!(

@@ -15,7 +15,7 @@ pub mod view;
 
 pub use decide::{decide, plan_command, Command};
 pub use health::{Health, Thresholds, Tracker};
-pub use plan::{Decision, Plan, PlanKind, Step};
+pub use plan::{Decision, FenceMode, Plan, PlanKind, Step};
 pub use time::Millis;
 pub use transition::{after_plan, after_step, before_step, StepOutcome};
-pub use view::{ClusterView, ControllerState, NodeView, PgFacts, Policy};
+pub use view::{ClusterView, ControllerState, Facts, NodeView, Policy, Role, SyncSetting};

@@ -50,6 +50,19 @@ impl PlanKind {
     }
 }
 
+/// How a fence leaves the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FenceMode {
+    /// A lost or returning primary: stopped where Lifeboat controls the server, otherwise
+    /// made to refuse writes.
+    #[default]
+    Stop,
+    /// A switchover's old primary: refuses writes but keeps running, so the target can take
+    /// its last writes.
+    ReadOnly,
+}
+
 /// One side effect. Every step is idempotent, so a plan interrupted by a crash can be run
 /// again from the start.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,24 +77,28 @@ pub enum Step {
     Stonith {
         node: String,
     },
-    /// Stop the server (local control) or make it read-only and end its client sessions.
+    /// Make `node` refuse writes, as `mode` says, and end its client sessions.
     /// `required`: failure aborts the plan. Otherwise the node is already lost and its
     /// traffic cut: the fence runs in the background, retried and recorded, and never
     /// delays the steps after it (tenet 7).
     FenceNode {
         node: String,
         required: bool,
+        #[serde(default)]
+        mode: FenceMode,
     },
-    /// Wait until `node` has replayed all WAL that `from` wrote.
+    /// Wait until `node` has applied everything `from` wrote (a switchover: `from` is fenced).
     WaitCatchUp {
         node: String,
         from: String,
     },
-    /// `pg_promote()`. The point of no return.
+    /// Make `node` a primary. The point of no return.
     Promote {
         node: String,
     },
-    /// Set `synchronous_standby_names` on the primary `node`.
+    /// Make writes on the primary `node` wait for the first connected replica of `names`
+    /// (none when empty). How is the provider's: `synchronous_standby_names` for PostgreSQL,
+    /// `min-replicas-to-write` for Redis.
     SetSyncStandbys {
         node: String,
         names: Vec<String>,
@@ -98,7 +115,8 @@ pub enum Step {
     MarkNeedsRejoin {
         node: String,
     },
-    /// pg_rewind (or a fresh clone) from `source`, then start `node` as its standby.
+    /// Make the former primary `node` a replica of `source` again (PostgreSQL: pg_rewind or a
+    /// fresh clone; Redis: `REPLICAOF`).
     Rejoin {
         node: String,
         source: String,
@@ -183,26 +201,33 @@ impl fmt::Display for Step {
             Step::FenceNode {
                 node,
                 required: true,
+                mode: FenceMode::Stop,
             } => write!(f, "fence {node}: stop it or make it read-only"),
             Step::FenceNode {
                 node,
+                required: true,
+                mode: FenceMode::ReadOnly,
+            } => write!(f, "fence {node}: make it read-only, keep it running"),
+            Step::FenceNode {
+                node,
                 required: false,
+                ..
             } => write!(
                 f,
                 "fence {node} in the background, retried until reached (does not delay what follows)"
             ),
             Step::WaitCatchUp { node, from } => {
-                write!(f, "wait until {node} has replayed all WAL of {from}")
+                write!(f, "wait until {node} has applied everything {from} wrote")
             }
             Step::Promote { node } => write!(f, "promote {node}"),
             Step::SetSyncStandbys { node, names } if names.is_empty() => {
-                write!(f, "set synchronous_standby_names = '' on {node}")
+                write!(f, "let writes on {node} wait for no replica")
             }
             Step::SetSyncStandbys { node, names } => {
                 write!(
                     f,
-                    "set synchronous_standby_names = '{}' on {node}",
-                    sync_names_value(names)
+                    "make writes on {node} wait for a synchronous replica (first of {})",
+                    names.join(", ")
                 )
             }
             Step::RouteEndpoint { node, epoch } => {
@@ -210,22 +235,12 @@ impl fmt::Display for Step {
             }
             Step::CheckWrite { node } => write!(f, "write a heartbeat on {node}"),
             Step::MarkNeedsRejoin { node } => write!(f, "mark {node} as needing rejoin"),
-            Step::Rejoin { node, source } => write!(
-                f,
-                "rewind (or re-clone) {node} from {source} and start it as a standby"
-            ),
+            Step::Rejoin { node, source } => {
+                write!(f, "make {node} a replica of {source} again (rewind or re-clone)")
+            }
             Step::Unfence { node } => write!(f, "undo the fence of {node}"),
         }
     }
-}
-
-/// `FIRST 1 ("a", "b")` for a priority list of standbys; empty for none.
-pub fn sync_names_value(names: &[String]) -> String {
-    if names.is_empty() {
-        return String::new();
-    }
-    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    format!("FIRST 1 ({})", quoted.join(", "))
 }
 
 /// An ordered list of steps and the reasons for it.

@@ -7,24 +7,79 @@ use crate::plan::Plan;
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
-/// Facts from the last successful PostgreSQL probe of a node.
+/// What a node is in its replication set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Takes writes unless fenced (`read_only`).
+    #[default]
+    Primary,
+    /// Follows a primary: a PostgreSQL standby, a Redis replica.
+    Replica,
+}
+
+/// Facts from the last successful probe of a node, in terms every datastore shares. What
+/// they mean for one engine (WAL positions, replication offsets, `synchronous_standby_names`,
+/// `min-replicas-to-write`) is the provider's business; the decision engine only compares them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PgFacts {
-    pub in_recovery: bool,
-    /// Primary: current WAL insert position. Standby: the furthest WAL received or replayed.
-    pub lsn: u64,
-    /// Standby only: WAL replayed.
-    pub replay_lsn: Option<u64>,
-    /// Standby only: the WAL receiver is streaming.
+pub struct Facts {
+    pub role: Role,
+    /// Bytes into the replication stream. Primary: written. Replica: the furthest received
+    /// or applied. Positions of one service compare across its nodes.
+    pub position: u64,
+    /// Replica only: applied (PostgreSQL: replayed).
+    pub applied: Option<u64>,
+    /// Replica only: linked to its primary and receiving.
     pub streaming: bool,
-    /// Primary only: standbys whose `sync_state` is `sync` or `quorum`.
-    pub sync_standbys: Vec<String>,
-    /// Primary only: standbys connected (any state), by application name.
-    pub connected_standbys: Vec<String>,
-    pub synchronous_standby_names: String,
-    pub timeline: u32,
-    /// `default_transaction_read_only` is on (a read-only fence).
+    /// Primary only: replicas that every acknowledged write has reached (PostgreSQL: `sync`
+    /// or `quorum` standbys; Redis in sync mode: every linked replica, as `WAIT` may have
+    /// been answered by any of them).
+    pub sync_replicas: Vec<String>,
+    /// Primary only: replicas linked and receiving.
+    pub connected_replicas: Vec<String>,
+    /// Primary only: how writes are set to wait for replicas, as read back from the server.
+    pub sync: SyncSetting,
+    /// Primary only: how far each linked replica is behind, in milliseconds, where known.
+    pub replica_lag_ms: std::collections::BTreeMap<String, u64>,
+    /// The node refuses writes although it is a primary (a read-only fence, a pause).
     pub read_only: bool,
+}
+
+/// How a primary is set to wait for its replicas, as the server holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncSetting {
+    /// Writes wait for the first connected replica of these, in order (PostgreSQL's
+    /// `synchronous_standby_names = 'FIRST 1 (…)'`); empty: writes wait for none. A setting
+    /// Lifeboat did not write reads as one name that is the whole setting, so it never
+    /// matches what Lifeboat wants and is replaced.
+    Names(Vec<String>),
+    /// Writes are refused unless this many replicas are linked (Redis'
+    /// `min-replicas-to-write`); the engine cannot name them.
+    AtLeast(u32),
+}
+
+impl Default for SyncSetting {
+    fn default() -> Self {
+        SyncSetting::Names(Vec::new())
+    }
+}
+
+impl SyncSetting {
+    /// The setting already makes writes wait for `desired` (in order, where the engine
+    /// names replicas; for at least one of them, where it only counts).
+    pub fn satisfies(&self, desired: &[String]) -> bool {
+        match self {
+            SyncSetting::Names(names) => names == desired,
+            SyncSetting::AtLeast(n) => (*n >= 1) != desired.is_empty(),
+        }
+    }
+}
+
+impl Facts {
+    pub fn is_replica(&self) -> bool {
+        self.role == Role::Replica
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,7 +90,7 @@ pub struct NodeView {
     pub priority: i32,
     pub health: Health,
     /// Last successful observation; kept (stale) while the node is down.
-    pub facts: Option<PgFacts>,
+    pub facts: Option<Facts>,
     /// Cut off from clients by Lifeboat; may never take writes through the endpoint again
     /// until it has rejoined as a standby.
     pub fenced: bool,
@@ -54,10 +109,10 @@ impl NodeView {
             && self
                 .facts
                 .as_ref()
-                .is_some_and(|f| !f.in_recovery && !f.read_only)
+                .is_some_and(|f| !f.is_replica() && !f.read_only)
     }
     pub fn standby_up(&self) -> bool {
-        self.health.is_up() && self.facts.as_ref().is_some_and(|f| f.in_recovery)
+        self.health.is_up() && self.facts.as_ref().is_some_and(Facts::is_replica)
     }
 }
 

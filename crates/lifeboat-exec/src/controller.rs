@@ -3,15 +3,15 @@
 
 use crate::executor::{now, Context, Execution, Executor, Timeouts};
 use crate::metrics::Metrics;
-use crate::nodes::Node;
+use crate::providers::Datastore;
 use crate::router::{Route, Router};
+use crate::service::Service;
 use crate::status::{EndpointStatus, NodeStatus, Status};
-use lifeboat_config::Config;
+use lifeboat_config::{Config, ServiceKind};
 use lifeboat_core::{
-    decide, plan_command, ClusterView, Command, ControllerState, Decision, Millis, NodeView,
-    PgFacts, Policy, Thresholds, Tracker,
+    decide, plan_command, ClusterView, Command, ControllerState, Decision, Facts, Millis, NodeView,
+    Policy, Thresholds, Tracker,
 };
-use lifeboat_postgres as pg;
 use lifeboat_store::{Outcome, Store};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -31,7 +31,7 @@ pub enum Event {
         node: String,
         started: Millis,
         at: Millis,
-        result: Result<pg::PgObservation, String>,
+        result: Result<Facts, String>,
     },
     Check {
         region: String,
@@ -69,6 +69,7 @@ pub struct Handle {
     tx: mpsc::Sender<Event>,
     status: watch::Receiver<Status>,
     pub store: Arc<Store>,
+    pub service: String,
     pub node_names: Vec<String>,
 }
 
@@ -104,9 +105,11 @@ impl Handle {
     }
 }
 
+/// The controller of one service: its own loop, executor, endpoint and state. The daemon
+/// runs one per service; they share nothing but the store's file and the metrics registry.
 pub struct Controller {
     cfg: Arc<Config>,
-    nodes: Vec<Node>,
+    service: Service,
     store: Arc<Store>,
     router: Router,
     executor: Executor,
@@ -114,10 +117,9 @@ pub struct Controller {
     thresholds: Thresholds,
     state: ControllerState,
     trackers: BTreeMap<String, Tracker>,
-    facts: BTreeMap<String, PgFacts>,
+    facts: BTreeMap<String, Facts>,
     /// Probes that started before this time describe a server a plan has since changed.
     facts_valid_from: BTreeMap<String, Millis>,
-    replica_lag_s: BTreeMap<String, f64>,
     checks: BTreeMap<(String, String), Tracker>,
     last_decision: String,
     resume_not_before: Option<Millis>,
@@ -129,23 +131,33 @@ impl Controller {
     /// Builds the controller from the config, loading durable state from `store`. A state
     /// that cannot be read is an error: the controller never starts blind, with epoch 0 and
     /// no fences.
+    ///
+    /// `store` is the daemon's; the controller scopes it to its service. The one PostgreSQL
+    /// service of a config takes over the state of the single service of earlier versions.
     pub fn new(
         cfg: Arc<Config>,
-        nodes: Vec<Node>,
-        store: Arc<Store>,
+        service: Service,
+        store: &Store,
         router: Router,
         metrics: Arc<Metrics>,
     ) -> Result<Controller, lifeboat_store::StoreError> {
-        let f = &cfg.failover;
+        let store = Arc::new(store.service(&service.name));
+        let sc = &service.config;
+        let f = &sc.failover;
         let t = Timeouts {
-            probe: cfg.probe.timeout.get(),
+            probe: sc.probe.timeout.get(),
             promote: f.promote_timeout.get(),
             fence: f.fence_timeout.get(),
             fence_retry_for: f.fence_retry_for.get(),
             catch_up: f.catch_up_timeout.get(),
             rejoin: Duration::from_secs(120),
         };
-        let state = store.state()?;
+        let postgres = cfg
+            .services
+            .values()
+            .filter(|s| s.kind == ServiceKind::Postgres)
+            .count();
+        let state = store.state(service.kind == ServiceKind::Postgres && postgres == 1)?;
         let start = now();
         Ok(Controller {
             policy: Policy {
@@ -155,15 +167,16 @@ impl Controller {
                 cooldown_ms: f.cooldown.get().as_millis() as u64,
             },
             thresholds: Thresholds {
-                failure: cfg.probe.failure_threshold,
-                success: cfg.probe.success_threshold,
+                failure: sc.probe.failure_threshold,
+                success: sc.probe.success_threshold,
             },
-            executor: Executor::new(&nodes, router.clone(), store.clone(), t),
-            trackers: nodes
+            executor: Executor::new(&service, Arc::new(router.clone()), store.clone(), t),
+            trackers: service
+                .nodes
                 .iter()
                 .map(|n| (n.name.clone(), Tracker::new(start)))
                 .collect(),
-            checks: cfg
+            checks: sc
                 .regions
                 .iter()
                 .flat_map(|(r, rc)| {
@@ -174,12 +187,11 @@ impl Controller {
                 .collect(),
             facts: BTreeMap::new(),
             facts_valid_from: BTreeMap::new(),
-            replica_lag_s: BTreeMap::new(),
             last_decision: String::new(),
             resume_not_before: None,
             status: watch::Sender::new(Status::default()),
             cfg,
-            nodes,
+            service,
             store,
             router,
             state,
@@ -195,21 +207,22 @@ impl Controller {
             tx: tx.clone(),
             status: self.status.subscribe(),
             store: self.store.clone(),
-            node_names: self.nodes.iter().map(|n| n.name.clone()).collect(),
+            service: self.service.name.clone(),
+            node_names: self.service.nodes.iter().map(|n| n.name.clone()).collect(),
         };
-        let interval = self.cfg.probe.interval.get();
-        let timeout = self.cfg.probe.timeout.get();
-        for n in &self.nodes {
+        let probe = &self.service.config.probe;
+        let (interval, timeout) = (probe.interval.get(), probe.timeout.get());
+        for n in &self.service.nodes {
             tasks.spawn(prober(
                 n.name.clone(),
-                n.conn.clone(),
+                self.service.datastore.clone(),
                 interval,
                 timeout,
                 tx.clone(),
                 cancel.clone(),
             ));
         }
-        for (region, rc) in &self.cfg.regions {
+        for (region, rc) in &self.service.config.regions {
             for c in &rc.checks {
                 tasks.spawn(crate::checks::checker(
                     region.clone(),
@@ -227,7 +240,7 @@ impl Controller {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Event>, cancel: CancellationToken) {
-        info!(primary = ?self.state.primary, epoch = self.state.epoch, "controller started");
+        info!(service = %self.service.name, primary = ?self.state.primary, epoch = self.state.epoch, "controller started");
         let _ = self.store.event(now(), "controller", "controller started");
         self.publish(&["starting".into()]);
         loop {
@@ -271,15 +284,8 @@ impl Controller {
                     .facts_valid_from
                     .get(&node)
                     .is_some_and(|t| started < *t);
-                if let Some(obs) = result.as_ref().ok().filter(|_| !stale) {
-                    for r in &obs.replicas {
-                        if let Some(l) = r.replay_lag_s.or(r.flush_lag_s) {
-                            self.replica_lag_s.insert(r.application_name.clone(), l);
-                        } else if !obs.in_recovery {
-                            self.replica_lag_s.insert(r.application_name.clone(), 0.0);
-                        }
-                    }
-                    self.facts.insert(node.clone(), facts_of(obs));
+                if let Some(facts) = result.ok().filter(|_| !stale) {
+                    self.facts.insert(node.clone(), facts);
                     self.facts_valid_from.insert(node.clone(), started);
                 }
                 if changed {
@@ -393,7 +399,7 @@ impl Controller {
             .as_ref()
             .and_then(|o| self.trackers.get(o))
             .and_then(|t| t.last_ok);
-        let tier = self.cfg.tier();
+        let tier = self.cfg.tier(&self.service.config);
         let ctx = Context {
             decided_at: at,
             last_ok_at: last_ok,
@@ -401,8 +407,12 @@ impl Controller {
             rpo_target_ms: tier.map(|t| t.rpo.get().as_millis() as u64),
         };
         let ex = self.executor.run(plan, &mut self.state, ctx).await;
-        self.metrics
-            .plan_finished(plan.kind.as_str(), ex.outcome.as_str(), &ex.figures);
+        self.metrics.plan_finished(
+            &self.service.name,
+            plan.kind.as_str(),
+            ex.outcome.as_str(),
+            &ex.figures,
+        );
         let summary = format!(
             "{} {}{}",
             plan.kind.as_str(),
@@ -466,6 +476,7 @@ impl Controller {
         };
         ClusterView {
             nodes: self
+                .service
                 .nodes
                 .iter()
                 .map(|n| NodeView {
@@ -478,8 +489,8 @@ impl Controller {
                     fenced: self.state.fenced.contains(&n.name),
                     needs_rejoin: self.state.needs_rejoin.contains(&n.name),
                     checks_ok: region_ok(&n.region),
-                    controllable: n.control.is_some(),
-                    stonith: n.fence_command.is_some(),
+                    controllable: self.service.datastore.can_rejoin(&n.name),
+                    stonith: n.config.fence_command.is_some(),
                 })
                 .collect(),
             primary: self.state.primary.clone(),
@@ -496,15 +507,16 @@ impl Controller {
 
     fn publish(&self, reasons: &[String]) {
         let st = &self.state;
-        let primary_lsn = st
+        let primary_facts = st
             .primary
             .as_ref()
             .and_then(|p| self.facts.get(p))
-            .filter(|f| !f.in_recovery)
-            .map(|f| f.lsn);
+            .filter(|f| !f.is_replica());
+        let ds = &self.service.datastore;
         let route = self.router.current();
         let mut exposure: Option<(u64, f64)> = None;
         let nodes: Vec<NodeStatus> = self
+            .service
             .nodes
             .iter()
             .map(|n| {
@@ -517,20 +529,21 @@ impl Controller {
                     "fenced"
                 } else if is_primary {
                     "primary"
-                } else if f.is_some_and(|f| f.in_recovery) {
+                } else if f.is_some_and(Facts::is_replica) {
                     "standby"
                 } else {
                     "unknown"
                 };
-                let lag_bytes = match (f, primary_lsn) {
-                    (Some(f), Some(p)) if f.in_recovery => Some(p.saturating_sub(f.lsn)),
+                let lag_bytes = match (f, primary_facts) {
+                    (Some(f), Some(p)) if f.is_replica() => {
+                        Some(p.position.saturating_sub(f.position))
+                    }
                     _ => None,
                 };
-                let lag_seconds = if f.is_some_and(|f| f.in_recovery) {
-                    self.replica_lag_s.get(&n.name).copied()
-                } else {
-                    None
-                };
+                let lag_seconds = primary_facts
+                    .filter(|_| f.is_some_and(Facts::is_replica))
+                    .and_then(|p| p.replica_lag_ms.get(&n.name))
+                    .map(|ms| *ms as f64 / 1000.0);
                 if role == "standby" && tr.health.is_up() {
                     if let Some(b) = lag_bytes {
                         let s = lag_seconds.unwrap_or(0.0);
@@ -545,16 +558,21 @@ impl Controller {
                     .as_ref()
                     .and_then(|p| self.facts.get(p))
                     .map(|pf| {
-                        if pf.sync_standbys.contains(&n.name) {
+                        if pf.sync_replicas.contains(&n.name) {
                             "sync".to_owned()
-                        } else if pf.connected_standbys.contains(&n.name) {
+                        } else if pf.connected_replicas.contains(&n.name) {
                             "async".to_owned()
                         } else {
                             "disconnected".to_owned()
                         }
                     });
-                self.metrics
-                    .node(&n.name, tr.health.is_up(), lag_bytes, lag_seconds);
+                self.metrics.node(
+                    &self.service.name,
+                    &n.name,
+                    tr.health.is_up(),
+                    lag_bytes,
+                    lag_seconds,
+                );
                 NodeStatus {
                     name: n.name.clone(),
                     region: n.region.clone(),
@@ -562,33 +580,36 @@ impl Controller {
                     role: role.into(),
                     health: tr.health.label().into(),
                     health_detail: tr.health.to_string(),
-                    lsn: f.map(|f| pg::format_lsn(f.lsn)),
+                    position: f.map(|f| ds.format_position(f.position)),
                     lag_bytes,
                     lag_seconds,
-                    streaming: f.filter(|f| f.in_recovery).map(|f| f.streaming),
+                    streaming: f.filter(|f| f.is_replica()).map(|f| f.streaming),
                     sync_state: if is_primary { None } else { sync_state },
                     last_ok_ms: tr.last_ok.map(|m| m.0),
                 }
             })
             .collect();
         self.metrics.cluster(
+            &self.service.name,
             st.epoch,
             st.paused,
             exposure,
             self.router.stats.active.load(Ordering::Relaxed),
         );
-        let tier = self.cfg.tier();
+        let sc = &self.service.config;
+        let tier = self.cfg.tier(sc);
         let status = Status {
             at_ms: now().0,
-            service: self.cfg.service.name.clone(),
-            tier: self.cfg.service.tier.clone(),
-            replication: self.cfg.failover.replication.to_string(),
-            mode: format!("{:?}", self.cfg.failover.mode).to_lowercase(),
+            service: self.service.name.clone(),
+            kind: sc.kind.as_str().into(),
+            tier: sc.tier.clone(),
+            replication: sc.failover.replication.to_string(),
+            mode: format!("{:?}", sc.failover.mode).to_lowercase(),
             primary: st.primary.clone(),
             epoch: st.epoch,
             paused: st.paused,
             endpoint: EndpointStatus {
-                listen: self.cfg.endpoint.listen.to_string(),
+                listen: sc.endpoint.listen.to_string(),
                 routes_to: match &route {
                     Route::To { node, .. } => Some(node.clone()),
                     Route::Blocked => None,
@@ -617,35 +638,10 @@ impl Controller {
     }
 }
 
-fn facts_of(o: &pg::PgObservation) -> PgFacts {
-    let sync = |s: &str| s == "sync" || s == "quorum";
-    PgFacts {
-        in_recovery: o.in_recovery,
-        lsn: o.current_lsn,
-        replay_lsn: o.replay_lsn,
-        streaming: o.wal_receiver_streaming,
-        sync_standbys: o
-            .replicas
-            .iter()
-            .filter(|r| sync(&r.sync_state))
-            .map(|r| r.application_name.clone())
-            .collect(),
-        connected_standbys: o
-            .replicas
-            .iter()
-            .filter(|r| r.state == "streaming")
-            .map(|r| r.application_name.clone())
-            .collect(),
-        synchronous_standby_names: o.synchronous_standby_names.clone(),
-        timeline: o.timeline,
-        read_only: o.default_read_only,
-    }
-}
-
 /// One prober per node: a fresh connection every interval, results sent as events.
 async fn prober(
     node: String,
-    conn: pg::ConnInfo,
+    datastore: Arc<dyn Datastore>,
     interval: Duration,
     timeout: Duration,
     tx: mpsc::Sender<Event>,
@@ -656,9 +652,12 @@ async fn prober(
         timeout,
         cancel,
         tx,
-        move || {
-            let conn = conn.clone();
-            async move { pg::probe(&conn, timeout).await.map_err(|e| e.to_string()) }
+        {
+            let node = node.clone();
+            move || {
+                let (datastore, node) = (datastore.clone(), node.clone());
+                async move { datastore.probe(&node, timeout).await }
+            }
         },
         move |started, at, result| Event::Probe {
             node: node.clone(),

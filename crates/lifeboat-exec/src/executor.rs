@@ -2,12 +2,12 @@
 //! recorded step by step in the incident's timeline. A step that cannot tell what happened
 //! ends as `unknown`; the plan is then kept in flight and resumed, never guessed.
 
-use crate::nodes::Node;
-use crate::router::Router;
+use crate::providers::{bounded, Answer, Budgets, Datastore, TrafficSwitch};
+use crate::service::{Node, Service};
+use lifeboat_core::plan::FenceMode;
 use lifeboat_core::{
     after_plan, after_step, before_step, ControllerState, Millis, Plan, PlanKind, Step, StepOutcome,
 };
-use lifeboat_postgres as pg;
 use lifeboat_store::{Figures, Outcome, Store};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -59,17 +59,25 @@ pub struct Context {
     pub rpo_target_ms: Option<u64>,
 }
 
-enum StepResult {
-    Ok(String),
-    Failed(String),
-    Unknown(String),
-    /// Failed before reaching its node: nothing changed (recorded as failed).
-    Unreached(String),
+impl Timeouts {
+    fn budgets(&self) -> Budgets {
+        Budgets {
+            probe: self.probe,
+            promote: self.promote,
+            fence: self.fence,
+            catch_up: self.catch_up,
+            rejoin: self.rejoin,
+        }
+    }
 }
+
+/// A step's answer; `Unreached` is recorded as failed.
+type StepResult = Answer;
 
 pub struct Executor {
     nodes: BTreeMap<String, Node>,
-    router: Router,
+    datastore: Arc<dyn Datastore>,
+    traffic: Arc<dyn TrafficSwitch>,
     store: Arc<Store>,
     t: Timeouts,
     background: Background,
@@ -86,10 +94,20 @@ struct Background {
 }
 
 impl Executor {
-    pub fn new(nodes: &[Node], router: Router, store: Arc<Store>, t: Timeouts) -> Executor {
+    pub fn new(
+        service: &Service,
+        traffic: Arc<dyn TrafficSwitch>,
+        store: Arc<Store>,
+        t: Timeouts,
+    ) -> Executor {
         Executor {
-            nodes: nodes.iter().map(|n| (n.name.clone(), n.clone())).collect(),
-            router,
+            nodes: service
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.clone()))
+                .collect(),
+            datastore: service.datastore.clone(),
+            traffic,
             store,
             t,
             background: Background {
@@ -132,26 +150,27 @@ impl Executor {
 
     /// Fences `n` in the background: attempts bounded by the fence timeout, retried every
     /// half second for `fence_retry_for`, recorded on the incident's timeline when it ends.
-    fn fence_in_background(&self, kind: PlanKind, n: &Node, incident: Option<i64>) {
-        self.stop_background_fence(&n.name);
+    fn fence_in_background(&self, node: &str, mode: FenceMode, incident: Option<i64>) {
+        self.stop_background_fence(node);
         let token = self.background.cancel.child_token();
         self.background
             .fences
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(n.name.clone(), token.clone());
-        let (n, store, t) = (n.clone(), self.store.clone(), self.t);
+            .insert(node.to_owned(), token.clone());
+        let (node, store, t) = (node.to_owned(), self.store.clone(), self.t);
+        let datastore = self.datastore.clone();
         let fences = self.background.fences.clone();
-        let span = tracing::info_span!(parent: None, "background-fence", node = %n.name, incident);
+        let span = tracing::info_span!(parent: None, "background-fence", %node, incident);
         self.background.tasks.spawn(
             async move {
                 let started = now();
                 let row = incident.and_then(|i| {
                     store
-                        .step_started(i, started, "fence-node", &n.name, "background")
+                        .step_started(i, started, "fence-node", &node, "background")
                         .ok()
                 });
-                let (outcome, detail) = background_fence(kind, &n, t, &token).await;
+                let (outcome, detail) = background_fence(&*datastore, &node, mode, t, &token).await;
                 let detail = format!(
                     "background: {detail}, {:.1} s after the plan went on without it",
                     now().since(started) as f64 / 1000.0
@@ -160,10 +179,10 @@ impl Executor {
                 if let Some(row) = row {
                     let _ = store.step_finished(row, now(), outcome, &detail);
                 }
-                let _ = store.event(now(), "fence", &format!("{}: {detail}", n.name));
+                let _ = store.event(now(), "fence", &format!("{node}: {detail}"));
                 let mut fences = fences.lock().unwrap_or_else(|e| e.into_inner());
                 if !token.is_cancelled() {
-                    fences.remove(&n.name);
+                    fences.remove(&node);
                 }
             }
             .instrument(span),
@@ -447,25 +466,27 @@ impl Executor {
         step: &Step,
         incident: Option<i64>,
     ) -> Result<StepResult, StepResult> {
-        let t = self.t;
+        let (t, b) = (self.t, self.t.budgets());
+        let ds = &*self.datastore;
         Ok(match step {
-            Step::BlockEndpoint { node } => {
-                self.router.block(node);
-                StepResult::Ok(format!("endpoint no longer routes to {node}"))
-            }
+            Step::BlockEndpoint { node } => self.traffic.block(node).await,
             Step::Stonith { node } => {
                 let n = self.node(node)?;
-                let Some(cmd) = &n.fence_command else {
+                let Some(cmd) = &n.config.fence_command else {
                     return Ok(StepResult::Ok("no fence command".into()));
                 };
                 run_command(cmd, t.fence).await
             }
-            Step::FenceNode { node, required } => {
-                let n = self.node(node)?;
+            Step::FenceNode {
+                node,
+                required,
+                mode,
+            } => {
+                self.node(node)?;
                 if *required {
-                    fence(plan.kind, n, t.fence).await
+                    bounded(t.fence, ds.fence(node, *mode, b)).await
                 } else {
-                    self.fence_in_background(plan.kind, n, incident);
+                    self.fence_in_background(node, *mode, incident);
                     StepResult::Ok(format!(
                         "{node} is lost and the endpoint no longer routes to it: fencing it in the background for up to {:?}, without delaying the promotion",
                         t.fence_retry_for
@@ -473,205 +494,34 @@ impl Executor {
                 }
             }
             Step::WaitCatchUp { node, from } => {
-                self.wait_catch_up(self.node(node)?, self.node(from)?).await
+                bounded(t.catch_up, ds.catch_up(node, from, b)).await
             }
-            Step::Promote { node } => {
-                let n = self.node(node)?;
-                match pg::promote(&n.conn, t.promote).await {
-                    Ok(()) => {
-                        // A read-only fence may have come along in a base backup.
-                        let _ = pg::unfence_read_only(&n.conn, t.fence).await;
-                        StepResult::Ok(format!("{node} promoted"))
-                    }
-                    Err(e) if e.is_retryable() => StepResult::Unknown(e.to_string()),
-                    Err(e) => StepResult::Failed(e.to_string()),
-                }
-            }
+            Step::Promote { node } => bounded(t.promote, ds.promote(node, b)).await,
             Step::SetSyncStandbys { node, names } => {
-                let n = self.node(node)?;
-                let value = lifeboat_core::plan::sync_names_value(names);
-                match pg::set_synchronous_standby_names(&n.conn, &value, t.fence).await {
-                    Ok(()) => StepResult::Ok(format!("synchronous_standby_names = '{value}'")),
-                    // Only the connection before the change reports a connect error.
-                    Err(e @ pg::PgError::Connect { .. }) => StepResult::Unreached(e.to_string()),
-                    Err(e) => StepResult::Failed(e.to_string()),
-                }
+                bounded(t.fence, ds.set_sync(node, names, b)).await
             }
             Step::RouteEndpoint { node, epoch } => {
                 let n = self.node(node)?;
-                self.router.route_to(node, n.addr, *epoch);
-                StepResult::Ok(format!(
-                    "endpoint routes to {node} at {} (epoch {epoch})",
-                    n.addr
-                ))
+                self.traffic.route(node, n.addr, *epoch).await
             }
             Step::CheckWrite { node } => {
-                let n = self.node(node)?;
-                let deadline = tokio::time::Instant::now() + t.promote;
-                let mut last: String;
-                loop {
-                    match pg::write_heartbeat(&n.conn, plan.epoch, t.probe).await {
-                        Ok(()) => {
-                            break StepResult::Ok(format!(
-                                "heartbeat committed on {node} (epoch {})",
-                                plan.epoch
-                            ))
-                        }
-                        Err(e) => last = e.to_string(),
-                    }
-                    if tokio::time::Instant::now() >= deadline {
-                        break StepResult::Unknown(format!(
-                            "no write succeeded within {:?}: {last}",
-                            t.promote
-                        ));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+                bounded(t.promote, ds.write_check(node, plan.epoch, b)).await
             }
             Step::MarkNeedsRejoin { node } => {
                 StepResult::Ok(format!("{node} must rejoin before it serves again"))
             }
-            Step::Rejoin { node, source } => {
-                self.rejoin(self.node(node)?, self.node(source)?).await
-            }
-            Step::Unfence { node } => self.unfence(self.node(node)?).await,
+            Step::Rejoin { node, source } => bounded(t.rejoin, ds.rejoin(node, source, b)).await,
+            Step::Unfence { node } => bounded(t.rejoin, ds.unfence(node, b)).await,
         })
-    }
-
-    async fn unfence(&self, n: &Node) -> StepResult {
-        if let Some(ctl) = &n.control {
-            if !ctl.is_running().await {
-                if let Err(e) = ctl.start(self.t.rejoin).await {
-                    return StepResult::Failed(format!("restart failed: {e}"));
-                }
-            }
-        }
-        match pg::unfence_read_only(&n.conn, self.t.fence).await {
-            Ok(()) => StepResult::Ok(format!("{} writable again", n.name)),
-            Err(e) => StepResult::Failed(e.to_string()),
-        }
-    }
-
-    async fn wait_catch_up(&self, target: &Node, from: &Node) -> StepResult {
-        let goal = match pg::probe(&from.conn, self.t.probe).await {
-            Ok(o) => o.current_lsn,
-            Err(e) => {
-                return StepResult::Failed(format!(
-                    "cannot read the last WAL position of {}: {e}",
-                    from.name
-                ))
-            }
-        };
-        let deadline = tokio::time::Instant::now() + self.t.catch_up;
-        let mut seen = None;
-        loop {
-            if let Ok(o) = pg::probe(&target.conn, self.t.probe).await {
-                seen = o.replay_lsn;
-                if o.replay_lsn.is_some_and(|r| r >= goal) {
-                    return StepResult::Ok(format!(
-                        "{} replayed up to {}",
-                        target.name,
-                        pg::format_lsn(goal)
-                    ));
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return StepResult::Failed(format!(
-                    "{} did not reach {} within {:?} (replayed {})",
-                    target.name,
-                    pg::format_lsn(goal),
-                    self.t.catch_up,
-                    seen.map(pg::format_lsn).unwrap_or_else(|| "unknown".into())
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn rejoin(&self, n: &Node, source: &Node) -> StepResult {
-        let Some(ctl) = &n.control else {
-            return StepResult::Failed(format!("{} has no [control] section", n.name));
-        };
-        let t = self.t.rejoin;
-        if let Err(e) = ctl.stop(pg::StopMode::Fast, t).await {
-            return StepResult::Failed(format!("stopping {}: {e}", n.name));
-        }
-        let how = match ctl.rewind_from(&source.conn, &n.name, t).await {
-            Ok(()) => "rewound".to_owned(),
-            Err(rewind) => {
-                warn!(node = %n.name, error = %rewind, "pg_rewind failed; cloning afresh");
-                if let Err(e) = ctl.clone_from(&source.conn, &n.name, t).await {
-                    return StepResult::Failed(format!(
-                        "pg_rewind failed ({rewind}) and so did a fresh clone: {e}"
-                    ));
-                }
-                format!("re-cloned (pg_rewind: {rewind})")
-            }
-        };
-        if let Err(e) = ctl.start(t).await {
-            return StepResult::Failed(format!("{how}, but starting {} failed: {e}", n.name));
-        }
-        let deadline = tokio::time::Instant::now() + t;
-        loop {
-            if let Ok(o) = pg::probe(&n.conn, self.t.probe).await {
-                if o.in_recovery && o.wal_receiver_streaming {
-                    return StepResult::Ok(format!(
-                        "{} {how}, streaming from {}",
-                        n.name, source.name
-                    ));
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return StepResult::Unknown(format!(
-                    "{} {how} and started, but not streaming within {t:?}",
-                    n.name
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-/// Read-only fence through SQL; for a lost or returning primary under local control, the
-/// server is also stopped: after the SQL fence (so the read-only setting is on disk if someone
-/// starts it again), or after a second if the SQL fence hangs (a stop by signal does not need
-/// the network). A switchover keeps it running (read-only) so the target can catch up with
-/// its last WAL.
-async fn fence(kind: PlanKind, n: &Node, timeout: Duration) -> StepResult {
-    let stop = async {
-        match (&n.control, kind) {
-            (
-                Some(ctl),
-                PlanKind::Failover | PlanKind::ManualFailover | PlanKind::FenceReturned,
-            ) => Some(ctl.stop(pg::StopMode::Fast, timeout).await),
-            _ => None,
-        }
-    };
-    let sql = pg::fence_read_only(&n.conn, timeout);
-    tokio::pin!(sql);
-    let early = tokio::select! {
-        r = &mut sql => Some(r),
-        () = tokio::time::sleep(timeout.min(Duration::from_secs(1))) => None,
-    };
-    let (sql, stop) = match early {
-        Some(r) => (r, stop.await),
-        None => tokio::join!(sql, stop),
-    };
-    match (sql, stop) {
-        (_, Some(Ok(()))) => StepResult::Ok(format!("{} stopped", n.name)),
-        (Ok(k), _) => StepResult::Ok(format!("{} read-only, {k} client session(s) ended", n.name)),
-        (Err(e), None) => StepResult::Failed(format!("read-only fence failed: {e}")),
-        (Err(e), Some(Err(s))) => {
-            StepResult::Failed(format!("read-only fence failed: {e}; stop failed: {s}"))
-        }
     }
 }
 
 /// The retries of a background fence, until one attempt succeeds, `fence_retry_for` has
 /// passed, or `cancel`.
 async fn background_fence(
-    kind: PlanKind,
-    n: &Node,
+    ds: &dyn Datastore,
+    node: &str,
+    mode: FenceMode,
     t: Timeouts,
     cancel: &CancellationToken,
 ) -> (Outcome, String) {
@@ -681,7 +531,7 @@ async fn background_fence(
     loop {
         attempts += 1;
         let r = tokio::select! {
-            r = fence(kind, n, t.fence) => r,
+            r = bounded(t.fence, ds.fence(node, mode, t.budgets())) => r,
             () = cancel.cancelled() => break,
         };
         match r {
@@ -705,8 +555,7 @@ async fn background_fence(
     (
         Outcome::Unknown,
         format!(
-            "stopped after {attempts} attempt(s): a later step on {} or shutdown took over{}",
-            n.name,
+            "stopped after {attempts} attempt(s): a later step on {node} or shutdown took over{}",
             if last.is_empty() {
                 String::new()
             } else {

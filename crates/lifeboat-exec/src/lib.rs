@@ -9,12 +9,13 @@ pub mod checks;
 pub mod controller;
 pub mod executor;
 pub mod metrics;
-pub mod nodes;
+pub mod providers;
 pub mod router;
+pub mod service;
 pub mod status;
 
 pub use controller::{Controller, Event, Handle, Reply, Request};
 pub use metrics::Metrics;
-pub use nodes::{nodes, Node, SetupError};
 pub use router::{Route, Router};
+pub use service::{Node, Service, SetupError};
 pub use status::Status;

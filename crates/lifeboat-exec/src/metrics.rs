@@ -1,5 +1,6 @@
 //! Prometheus metrics of the failover core, named `lifeboat_<area>_<name>_<unit>`. Label
-//! values are bounded: node names from the config, plan kinds and outcomes from fixed lists.
+//! values are bounded: service and node names from the config, plan kinds and outcomes from
+//! fixed lists. Every series carries its `service`.
 
 use lifeboat_store::Figures;
 use prometheus_client::metrics::counter::Counter;
@@ -12,37 +13,46 @@ use std::sync::atomic::AtomicU64;
 type Labels = Vec<(&'static str, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
 
+type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     plans: Family<Labels, Counter>,
-    failover_seconds: Histogram,
-    last_detect: FGauge,
-    last_first_write: FGauge,
+    failover_seconds: Histograms,
+    last_detect: Family<Labels, FGauge>,
+    last_first_write: Family<Labels, FGauge>,
     node_up: Family<Labels, Gauge>,
     lag_bytes: Family<Labels, Gauge>,
     lag_seconds: Family<Labels, FGauge>,
-    epoch: Gauge,
-    paused: Gauge,
-    exposure_bytes: Gauge,
-    exposure_seconds: FGauge,
-    connections: Gauge,
+    epoch: Family<Labels, Gauge>,
+    paused: Family<Labels, Gauge>,
+    exposure_bytes: Family<Labels, Gauge>,
+    exposure_seconds: Family<Labels, FGauge>,
+    connections: Family<Labels, Gauge>,
+}
+
+fn failover_histogram() -> Histogram {
+    Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0].into_iter())
+}
+
+fn service(service: &str) -> Labels {
+    vec![("service", service.to_owned())]
 }
 
 impl Metrics {
     pub fn new(registry: &mut Registry) -> Metrics {
-        let buckets = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0];
         let m = Metrics {
             plans: Family::default(),
-            failover_seconds: Histogram::new(buckets.into_iter()),
-            last_detect: FGauge::default(),
-            last_first_write: FGauge::default(),
+            failover_seconds: Family::new_with_constructor(failover_histogram),
+            last_detect: Family::default(),
+            last_first_write: Family::default(),
             node_up: Family::default(),
             lag_bytes: Family::default(),
             lag_seconds: Family::default(),
-            epoch: Gauge::default(),
-            paused: Gauge::default(),
-            exposure_bytes: Gauge::default(),
-            exposure_seconds: FGauge::default(),
-            connections: Gauge::default(),
+            epoch: Family::default(),
+            paused: Family::default(),
+            exposure_bytes: Family::default(),
+            exposure_seconds: Family::default(),
+            connections: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("lifeboat");
         r.register(
@@ -108,24 +118,35 @@ impl Metrics {
         m
     }
 
-    pub fn plan_finished(&self, kind: &str, outcome: &str, f: &Figures) {
-        self.plans
-            .get_or_create(&vec![
-                ("kind", kind.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
-            .inc();
+    pub fn plan_finished(&self, svc: &str, kind: &str, outcome: &str, f: &Figures) {
+        let mut l = service(svc);
+        l.push(("kind", kind.to_owned()));
+        l.push(("outcome", outcome.to_owned()));
+        self.plans.get_or_create(&l).inc();
+        let l = service(svc);
         if let Some(ms) = f.first_write_ms {
-            self.failover_seconds.observe(ms as f64 / 1000.0);
-            self.last_first_write.set(ms as f64 / 1000.0);
+            self.failover_seconds
+                .get_or_create(&l)
+                .observe(ms as f64 / 1000.0);
+            self.last_first_write
+                .get_or_create(&l)
+                .set(ms as f64 / 1000.0);
         }
         if let Some(ms) = f.detect_ms {
-            self.last_detect.set(ms as f64 / 1000.0);
+            self.last_detect.get_or_create(&l).set(ms as f64 / 1000.0);
         }
     }
 
-    pub fn node(&self, name: &str, up: bool, lag_bytes: Option<u64>, lag_seconds: Option<f64>) {
-        let l = vec![("node", name.to_owned())];
+    pub fn node(
+        &self,
+        svc: &str,
+        name: &str,
+        up: bool,
+        lag_bytes: Option<u64>,
+        lag_seconds: Option<f64>,
+    ) {
+        let mut l = service(svc);
+        l.push(("node", name.to_owned()));
         self.node_up.get_or_create(&l).set(i64::from(up));
         match lag_bytes {
             Some(b) => {
@@ -147,16 +168,18 @@ impl Metrics {
 
     pub fn cluster(
         &self,
+        svc: &str,
         epoch: u64,
         paused: bool,
         exposure: Option<(u64, f64)>,
         connections: u64,
     ) {
-        self.epoch.set(epoch as i64);
-        self.paused.set(i64::from(paused));
+        let l = service(svc);
+        self.epoch.get_or_create(&l).set(epoch as i64);
+        self.paused.get_or_create(&l).set(i64::from(paused));
         let (b, s) = exposure.unwrap_or((0, 0.0));
-        self.exposure_bytes.set(b as i64);
-        self.exposure_seconds.set(s);
-        self.connections.set(connections as i64);
+        self.exposure_bytes.get_or_create(&l).set(b as i64);
+        self.exposure_seconds.get_or_create(&l).set(s);
+        self.connections.get_or_create(&l).set(connections as i64);
     }
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub struct Status {
     pub at_ms: u64,
     pub service: String,
+    /// The datastore: `postgres` or `redis`.
+    pub kind: String,
     pub tier: String,
     pub replication: String,
     pub mode: String,
@@ -47,7 +49,8 @@ pub struct NodeStatus {
     pub role: String,
     pub health: String,
     pub health_detail: String,
-    pub lsn: Option<String>,
+    /// Replication position as the engine writes it (a WAL LSN, a Redis offset).
+    pub position: Option<String>,
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
     pub streaming: Option<bool>,

@@ -4,18 +4,26 @@
 //!
 //! It knows nothing of plans or policy: the executor decides, this crate does one thing at a
 //! time, bounded by the timeout it is given.
+//!
+//! It is the one way to reach PostgreSQL, for the backup subsystem too: every connection
+//! ([`connect`], [`connect_str`]) and request ([`within`]) is bounded in time, every tool runs
+//! through [`PgTool`] (bounded, killed when dropped, the password in its environment and never
+//! in its argv), and a WAL position is a `u64` ([`parse_lsn`], [`format_lsn`],
+//! [`wal_file_name`]).
 
 mod conninfo;
 mod error;
 mod local;
 mod lsn;
 mod sql;
+mod tool;
 
 pub use conninfo::split_password;
 pub use error::PgError;
 pub use local::{InitOptions, LocalServer, StopMode};
-pub use lsn::{format_lsn, parse_lsn};
+pub use lsn::{format_lsn, parse_lsn, parse_wal_file_name, wal_file_name};
 pub use sql::{
-    connect, fence_read_only, probe, promote, set_synchronous_standby_names, unfence_read_only,
-    write_heartbeat, ConnInfo, PgObservation, ReplicaState,
+    connect, connect_str, fence_read_only, probe, promote, redact, set_synchronous_standby_names,
+    unfence_read_only, within, write_heartbeat, ConnInfo, PgObservation, ReplicaState,
 };
+pub use tool::{PgTool, RunningTool};

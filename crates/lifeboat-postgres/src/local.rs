@@ -3,12 +3,11 @@
 //! refuses to run as root.
 
 use crate::error::PgError;
-use crate::split_password;
 use crate::sql::ConnInfo;
+use crate::tool::{is_current_user, PgTool};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalServer {
@@ -86,61 +85,18 @@ impl LocalServer {
         }
     }
 
-    /// A command for one of the PostgreSQL tools, run as the server's OS user.
-    fn tool(&self, name: &str) -> Command {
-        let program = self.bin_dir.join(name);
-        let mut cmd = match self.user() {
-            Some(u) if !is_current_user(&u) => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    format!("--reuid={u}"),
-                    format!("--regid={u}"),
-                    "--init-groups".into(),
-                ])
-                .arg(&program);
-                c
-            }
-            _ => Command::new(&program),
-        };
-        cmd.stdin(Stdio::null())
-            .kill_on_drop(true)
-            .env("LC_ALL", "C");
-        cmd
+    /// One of the PostgreSQL tools, run as the server's OS user.
+    fn tool(&self, name: &str) -> PgTool {
+        PgTool::new(&self.bin_dir, name, self.user().as_deref())
     }
 
     async fn run(
         &self,
         name: &str,
-        mut cmd: Command,
+        mut tool: PgTool,
         timeout: Duration,
     ) -> Result<String, PgError> {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let out = match tokio::time::timeout(timeout, cmd.output()).await {
-            Err(_) => {
-                return Err(PgError::Command {
-                    program: name.into(),
-                    status: format!("no result within {timeout:?}"),
-                    stderr: String::new(),
-                })
-            }
-            Ok(r) => r.map_err(|source| PgError::Io {
-                what: format!("running {name}"),
-                source,
-            })?,
-        };
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-            if stderr.is_empty() {
-                stderr = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            }
-            Err(PgError::Command {
-                program: name.into(),
-                status: out.status.to_string(),
-                stderr,
-            })
-        }
+        tool.label(name).output(timeout).await
     }
 
     pub fn log_file(&self) -> PathBuf {
@@ -337,11 +293,9 @@ impl LocalServer {
             })?;
             tracing::info!(old = %aside.display(), "previous data directory kept");
         }
-        let (conninfo, password) = split_password(&primary.to_libpq(Some(application_name)));
+        // The password goes in its environment, never on its command line.
         let mut cmd = self.tool("pg_basebackup");
-        cmd.envs(password.map(|p| ("PGPASSWORD", p)))
-            .arg("-d")
-            .arg(conninfo)
+        cmd.conninfo("-d", &primary.to_libpq(Some(application_name)), timeout)
             .arg("-D")
             .arg(&self.data_dir)
             .args(["-X", "stream", "-c", "fast", "--no-sync"]);
@@ -358,23 +312,21 @@ impl LocalServer {
     ) -> Result<(), PgError> {
         // A freshly promoted source writes its new timeline to pg_control only at a
         // checkpoint; without one pg_rewind sees no divergence and does nothing.
+        const WHAT: &str = "checkpoint before pg_rewind";
         let c = crate::sql::connect(source, timeout).await?;
-        c.batch_execute("CHECKPOINT").await.map_err(|e| {
-            let (reason, sqlstate) = crate::error::describe(&e);
-            PgError::Query {
-                what: "checkpoint before pg_rewind",
-                target: source.to_string(),
-                reason,
-                sqlstate,
-            }
-        })?;
+        crate::sql::within(
+            WHAT,
+            &source.to_string(),
+            timeout,
+            c.batch_execute("CHECKPOINT"),
+        )
+        .await?;
         drop(c);
-        let (conninfo, password) = split_password(&source.to_libpq(None));
+        // The password goes in its environment, never on its command line.
         let mut cmd = self.tool("pg_rewind");
         cmd.arg("-D")
             .arg(&self.data_dir)
-            .envs(password.map(|p| ("PGPASSWORD", p)))
-            .arg(format!("--source-server={conninfo}"))
+            .conninfo("--source-server=", &source.to_libpq(None), timeout)
             .arg("--no-sync");
         self.run("pg_rewind", cmd, timeout).await?;
         self.configure_standby(source, application_name)
@@ -421,13 +373,6 @@ fn alive(pid: i32) -> bool {
 
 fn secs(d: Duration) -> String {
     d.as_secs().max(1).to_string()
-}
-
-fn is_current_user(name: &str) -> bool {
-    nix::unistd::User::from_name(name)
-        .ok()
-        .flatten()
-        .is_some_and(|u| u.uid == nix::unistd::geteuid())
 }
 
 fn append(path: &Path, text: &str) -> Result<(), PgError> {

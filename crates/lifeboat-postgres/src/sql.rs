@@ -40,9 +40,21 @@ impl fmt::Display for ConnInfo {
 }
 
 impl ConnInfo {
+    /// How to reach the configured node `n`, with its password (read once, by the caller,
+    /// from the node's password-file or password-env).
+    pub fn of_node(n: &lifeboat_config::NodeConfig, password: Option<String>) -> ConnInfo {
+        ConnInfo {
+            host: n.host.clone(),
+            port: n.port,
+            user: n.pg_user().to_owned(),
+            password,
+            dbname: n.pg_dbname().to_owned(),
+        }
+    }
+
     /// A libpq connection string with the password, for `primary_conninfo` (a file only the
     /// server's OS user reads). Never for a command line as it is: a tool gets it through
-    /// [`crate::split_password`], the password in its environment.
+    /// [`crate::PgTool::conninfo`], the password in its environment.
     pub fn to_libpq(&self, application_name: Option<&str>) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut s = format!(
@@ -131,26 +143,90 @@ pub async fn connect(conn: &ConnInfo, timeout: Duration) -> Result<Client, PgErr
         .port(conn.port)
         .user(&conn.user)
         .dbname(&conn.dbname)
-        .application_name("lifeboat")
-        .connect_timeout(timeout);
+        .application_name("lifeboat");
     if let Some(p) = &conn.password {
         cfg.password(p);
     }
+    connect_config(cfg, conn.to_string(), timeout).await
+}
+
+/// Opens a fresh connection to the server of a libpq connection string (`key=value` pairs
+/// or a `postgres://` URI), bounded by `timeout`; errors name the server by the string
+/// without its password. Without an `application_name` in the string, it is `lifeboat`.
+pub async fn connect_str(conninfo: &str, timeout: Duration) -> Result<Client, PgError> {
+    let target = redact(conninfo);
+    let mut cfg: tokio_postgres::Config = conninfo.parse().map_err(|e| PgError::Refused {
+        what: "reading the connection string",
+        target: target.clone(),
+        reason: format!("{e}; write it as libpq key=value pairs or a postgres:// URI"),
+    })?;
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("lifeboat");
+    }
+    connect_config(cfg, target, timeout).await
+}
+
+/// A libpq connection string without its password, to name a server in messages.
+pub fn redact(conninfo: &str) -> String {
+    crate::split_password(conninfo).0
+}
+
+async fn connect_config(
+    mut cfg: tokio_postgres::Config,
+    target: String,
+    timeout: Duration,
+) -> Result<Client, PgError> {
+    cfg.connect_timeout(timeout);
     let connecting = async {
         cfg.connect(NoTls).await.map_err(|e| {
             let (reason, sqlstate) = describe(&e);
             PgError::Connect {
-                target: conn.to_string(),
+                target: target.clone(),
                 reason,
                 sqlstate,
             }
         })
     };
-    let (client, connection) = bounded("connecting", conn, timeout, connecting).await?;
+    let (client, connection) = tokio::time::timeout(timeout, connecting)
+        .await
+        .unwrap_or_else(|_| {
+            Err(PgError::Timeout {
+                what: "connecting",
+                target: target.clone(),
+                after: timeout,
+            })
+        })?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
     Ok(client)
+}
+
+/// One request on an open connection to `target` (how messages name the server), bounded
+/// by `timeout`: `what` it was, the server's own message when it failed, or how long it was
+/// waited for.
+pub async fn within<T>(
+    what: &'static str,
+    target: &str,
+    timeout: Duration,
+    request: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, PgError> {
+    match tokio::time::timeout(timeout, request).await {
+        Ok(r) => r.map_err(|e| {
+            let (reason, sqlstate) = describe(&e);
+            PgError::Query {
+                what,
+                target: target.to_owned(),
+                reason,
+                sqlstate,
+            }
+        }),
+        Err(_) => Err(PgError::Timeout {
+            what,
+            target: target.to_owned(),
+            after: timeout,
+        }),
+    }
 }
 
 fn lsn(v: Option<String>) -> Option<u64> {
@@ -413,5 +489,19 @@ mod tests {
             ..c
         };
         assert_eq!(crate::split_password(&none.to_libpq(None)).1, None);
+    }
+
+    #[tokio::test]
+    async fn a_bad_connection_string_is_refused_without_its_password() {
+        let err = super::connect_str(
+            "host=db port=notaport password=s3cret",
+            std::time::Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("host=db port=notaport"), "{msg}");
+        assert!(!msg.contains("s3cret"), "{msg}");
+        assert!(!err.is_retryable());
     }
 }

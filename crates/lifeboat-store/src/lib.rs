@@ -1,6 +1,8 @@
-//! The embedded store: one SQLite file holding the controller's durable state, the event log,
-//! every decision (and decision not to act), incidents with their step timelines, and the
-//! audit log of operator actions. It survives restarts; it is not shared between controllers.
+//! The embedded store: one SQLite file holding each service's durable controller state, the
+//! event log, every decision (and decision not to act), incidents with their step timelines,
+//! and the audit log of operator actions. It survives restarts; it is not shared between
+//! controllers. A [`Store`] is scoped to one service ([`Store::service`]): what it writes is
+//! tagged with that service, and its state is that service's alone.
 //!
 //! Calls are short synchronous transactions; callers never hold the connection across an
 //! `.await`.
@@ -9,7 +11,7 @@ use lifeboat_core::{ControllerState, Decision, Millis, Plan};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,6 +106,7 @@ pub struct Figures {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub id: i64,
+    pub service: String,
     pub kind: String,
     pub status: Outcome,
     pub opened_ms: u64,
@@ -122,15 +125,22 @@ pub struct Event {
     pub at_ms: u64,
     pub kind: String,
     pub message: String,
+    pub service: String,
 }
 
+/// The database, and the service whose records this handle reads and writes.
+#[derive(Clone)]
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    service: String,
 }
 
+/// `state` holds the state of the single service of versions before `[services.NAME]`; the
+/// first PostgreSQL service to load its state claims it ([`Store::state`]).
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS service_state (service TEXT PRIMARY KEY, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, kind TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents (
   id INTEGER PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, opened_ms INTEGER NOT NULL,
@@ -183,10 +193,41 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA).map_err(opened)?;
+        for table in ["events", "incidents"] {
+            let has: bool = conn
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'service'"
+                    ),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(opened)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN service TEXT NOT NULL DEFAULT ''"
+                ))
+                .map_err(opened)?;
+            }
+        }
         Ok(Store {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
             path,
+            service: String::new(),
         })
+    }
+
+    /// The same database, scoped to `service`.
+    pub fn service(&self, service: &str) -> Store {
+        Store {
+            service: service.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    pub fn service_name(&self) -> &str {
+        &self.service
     }
 
     fn with<T>(
@@ -197,12 +238,27 @@ impl Store {
         f(&conn)
     }
 
-    pub fn state(&self) -> Result<ControllerState, StoreError> {
+    /// This service's durable state. `claim_legacy`: a service with no state of its own yet
+    /// takes over the state of the single service of earlier versions (its primary, epoch
+    /// and fences), once; the caller passes it for the one PostgreSQL service.
+    pub fn state(&self, claim_legacy: bool) -> Result<ControllerState, StoreError> {
         self.with(|c| {
-            let json: Option<String> = c
-                .query_row("SELECT json FROM state WHERE id = 1", [], |r| r.get(0))
-                .optional()
-                .map_err(|e| damaged_or(&self.path, e))?;
+            let read = |sql: &str| -> Result<Option<String>, StoreError> {
+                c.query_row(sql, [&self.service], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| damaged_or(&self.path, e))
+            };
+            let mut json = read("SELECT json FROM service_state WHERE service = ?1")?;
+            if json.is_none() && claim_legacy {
+                json = read("SELECT json FROM state WHERE id = 1 AND ?1 IS NOT NULL")?;
+                if let Some(j) = &json {
+                    c.execute(
+                        "INSERT INTO service_state (service, json) VALUES (?1, ?2)",
+                        params![self.service, j],
+                    )?;
+                    c.execute("DELETE FROM state WHERE id = 1", [])?;
+                }
+            }
             Ok(match json {
                 Some(j) => serde_json::from_str(&j).map_err(|e| StoreError::Damaged {
                     path: self.path.clone(),
@@ -217,7 +273,7 @@ impl Store {
     pub fn put_state(&self, s: &ControllerState) -> Result<(), StoreError> {
         let json = serde_json::to_string(s)?;
         self.with(|c| {
-            c.execute("INSERT INTO state (id, json) VALUES (1, ?1) ON CONFLICT(id) DO UPDATE SET json = excluded.json", [json])?;
+            c.execute("INSERT INTO service_state (service, json) VALUES (?1, ?2) ON CONFLICT(service) DO UPDATE SET json = excluded.json", params![self.service, json])?;
             Ok(())
         })
     }
@@ -225,8 +281,8 @@ impl Store {
     pub fn event(&self, at: Millis, kind: &str, message: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "INSERT INTO events (at_ms, kind, message) VALUES (?1, ?2, ?3)",
-                params![at.0 as i64, kind, message],
+                "INSERT INTO events (at_ms, kind, message, service) VALUES (?1, ?2, ?3, ?4)",
+                params![at.0 as i64, kind, message, self.service],
             )?;
             Ok(())
         })
@@ -239,14 +295,16 @@ impl Store {
 
     pub fn events(&self, limit: u32) -> Result<Vec<Event>, StoreError> {
         self.with(|c| {
-            let mut st =
-                c.prepare("SELECT id, at_ms, kind, message FROM events ORDER BY id DESC LIMIT ?1")?;
+            let mut st = c.prepare(
+                "SELECT id, at_ms, kind, message, service FROM events ORDER BY id DESC LIMIT ?1",
+            )?;
             let rows = st.query_map([limit], |r| {
                 Ok(Event {
                     id: r.get(0)?,
                     at_ms: r.get::<_, i64>(1)? as u64,
                     kind: r.get(2)?,
                     message: r.get(3)?,
+                    service: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -278,8 +336,8 @@ impl Store {
         let figures = serde_json::to_string(figures)?;
         self.with(|c| {
             c.execute(
-                "INSERT INTO incidents (kind, status, opened_ms, old_primary, target, epoch, plan, figures) VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![plan.kind.as_str(), at.0 as i64, plan.old_primary, plan.target, plan.epoch as i64, plan.to_string(), figures],
+                "INSERT INTO incidents (kind, status, opened_ms, old_primary, target, epoch, plan, figures, service) VALUES (?1, 'running', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![plan.kind.as_str(), at.0 as i64, plan.old_primary, plan.target, plan.epoch as i64, plan.to_string(), figures, self.service],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -362,7 +420,7 @@ impl Store {
         self.with(|c| {
             let row = c
                 .query_row(
-                    "SELECT kind, status, opened_ms, closed_ms, old_primary, target, epoch, plan, figures FROM incidents WHERE id = ?1",
+                    "SELECT kind, status, opened_ms, closed_ms, old_primary, target, epoch, plan, figures, service FROM incidents WHERE id = ?1",
                     [id],
                     |r| {
                         Ok((
@@ -375,11 +433,12 @@ impl Store {
                             r.get::<_, i64>(6)?,
                             r.get::<_, String>(7)?,
                             r.get::<_, String>(8)?,
+                            r.get::<_, String>(9)?,
                         ))
                     },
                 )
                 .optional()?;
-            let Some((kind, status, opened, closed, old_primary, target, epoch, plan, figures)) = row else {
+            let Some((kind, status, opened, closed, old_primary, target, epoch, plan, figures, service)) = row else {
                 return Ok(None);
             };
             let mut st = c.prepare(
@@ -399,6 +458,7 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Some(Incident {
                 id,
+                service,
                 kind,
                 status: Outcome::parse(&status),
                 opened_ms: opened as u64,
@@ -433,7 +493,7 @@ mod tests {
             lag_bytes: Some(0),
         };
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = Store::open(dir.path()).unwrap().service("orders");
             let st = ControllerState {
                 primary: Some("a".into()),
                 epoch: 2,
@@ -448,10 +508,16 @@ mod tests {
             s.step_finished(row, Millis(12), Outcome::Unknown, "timed out after 10s")
                 .unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.state().unwrap().in_flight, Some(plan));
+        let s = Store::open(dir.path()).unwrap().service("orders");
+        assert_eq!(s.state(false).unwrap().in_flight, Some(plan));
+        assert_eq!(
+            s.service("cache").state(false).unwrap(),
+            ControllerState::default(),
+            "each service has its own state"
+        );
         let inc = s.incidents(10).unwrap();
         assert_eq!(inc.len(), 1);
+        assert_eq!(inc[0].service, "orders");
         assert_eq!(inc[0].status, Outcome::Running);
         assert_eq!(inc[0].timeline[0].outcome, Outcome::Unknown);
         assert_eq!(inc[0].timeline[0].detail, "timed out after 10s");
@@ -462,21 +528,24 @@ mod tests {
     #[test]
     fn a_state_that_does_not_decode_is_damage_not_an_empty_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(dir.path()).unwrap().service("orders");
         let s = ControllerState {
             primary: Some("pg-a".into()),
             epoch: 7,
             ..Default::default()
         };
         store.put_state(&s).unwrap();
-        assert_eq!(store.state().unwrap(), s);
+        assert_eq!(store.state(false).unwrap(), s);
         store
             .with(|c| {
-                c.execute("UPDATE state SET json = '{\"primary\": 3' WHERE id = 1", [])?;
+                c.execute(
+                    "UPDATE service_state SET json = '{\"primary\": 3' WHERE service = 'orders'",
+                    [],
+                )?;
                 Ok(())
             })
             .unwrap();
-        let err = store.state().unwrap_err().to_string();
+        let err = store.state(false).unwrap_err().to_string();
         let db = dir.path().join("lifeboat.db");
         assert!(
             err.starts_with(&format!(
@@ -484,6 +553,47 @@ mod tests {
                 db.display()
             )),
             "{err}"
+        );
+    }
+
+    /// The state of the single service of earlier versions is not lost with the new config
+    /// shape: the PostgreSQL service claims it, once.
+    #[test]
+    fn the_state_of_the_former_single_service_is_claimed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = ControllerState {
+            primary: Some("pg-b".into()),
+            epoch: 9,
+            fenced: ["pg-a".to_string()].into(),
+            ..Default::default()
+        };
+        store
+            .with(|c| {
+                c.execute(
+                    "INSERT INTO state (id, json) VALUES (1, ?1)",
+                    [serde_json::to_string(&old)?],
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            store.service("cache").state(false).unwrap(),
+            ControllerState::default()
+        );
+        assert_eq!(store.service("orders").state(true).unwrap(), old);
+        assert_eq!(
+            store.service("other").state(true).unwrap(),
+            ControllerState::default(),
+            "claimed once"
+        );
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .service("orders")
+                .state(false)
+                .unwrap(),
+            old
         );
     }
 }

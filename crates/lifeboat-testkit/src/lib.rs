@@ -3,6 +3,7 @@
 //! gracefully, and reproducible directory trees. Used by integration tests, the demo and
 //! benchmarks only; nothing here is a fake.
 
+pub mod redis;
 pub mod tree;
 
 use anyhow::{bail, Context, Result};
@@ -334,7 +335,8 @@ pub struct TwoRegions {
 }
 
 impl TwoRegions {
-    /// `failover` is inserted in the `[failover]` section, e.g. `replication = "sync"`.
+    /// `failover` is inserted in the `[services.orders.failover]` section, e.g.
+    /// `replication = "sync"`.
     pub async fn start(prefix: &str, failover: &str) -> Result<TwoRegions> {
         let dir = TestDir::new(prefix)?;
         let primary = PgCluster::primary(&dir, "us-east-1", InitOptions::default()).await?;
@@ -352,36 +354,36 @@ impl TwoRegions {
         };
         let text = format!(
             r#"# written by lifeboat-testkit
-[service]
-name = "orders"
-tier = "gold"
-
 [controller]
 api-listen = "127.0.0.1:{api_port}"
 state-dir = "state"
 api-token-file = "api-token"
 
-[endpoint]
-listen = "127.0.0.1:{endpoint_port}"
-
-[failover]
-{failover}
-
 [tiers.gold]
 rto = "5s"
 rpo = "1s"
 
-[regions.us-east]
+[services.orders]
+kind = "postgres"
+tier = "gold"
+
+[services.orders.endpoint]
+listen = "127.0.0.1:{endpoint_port}"
+
+[services.orders.failover]
+{failover}
+
+[services.orders.regions.us-east]
 role = "primary"
 priority = 100
 
-[[regions.us-east.nodes]]
+[[services.orders.regions.us-east.nodes]]
 {}
-[regions.eu-west]
+[services.orders.regions.eu-west]
 role = "standby"
 priority = 50
 
-[[regions.eu-west.nodes]]
+[[services.orders.regions.eu-west.nodes]]
 {}"#,
             node(&primary),
             node(&standby)

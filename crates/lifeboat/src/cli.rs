@@ -65,11 +65,24 @@ pub enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Stop automatic failover (probes and status continue).
-    Pause(#[command(flatten)] ApiArgs),
-    /// Resume automatic failover.
-    Resume(#[command(flatten)] ApiArgs),
-    /// Bring a fenced node back as a standby of the current primary (pg_rewind or re-clone).
+    /// Stop automatic failover of a service (probes and status continue).
+    Pause {
+        /// The service (needed when the config has several).
+        #[arg(long)]
+        service: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Resume automatic failover of a service.
+    Resume {
+        /// The service (needed when the config has several).
+        #[arg(long)]
+        service: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Bring a fenced node back as a replica of its service's primary (PostgreSQL: pg_rewind
+    /// or a re-clone; Redis: REPLICAOF).
     Rejoin {
         node: String,
         #[command(flatten)]
@@ -130,8 +143,22 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Failover { to, force, api } => {
             client::failover(&client::Api::new(&cli.config, &api), &to, force).await
         }
-        Cmd::Pause(api) => client::simple(&client::Api::new(&cli.config, &api), "pause").await,
-        Cmd::Resume(api) => client::simple(&client::Api::new(&cli.config, &api), "resume").await,
+        Cmd::Pause { service, api } => {
+            client::simple(
+                &client::Api::new(&cli.config, &api),
+                "pause",
+                service.as_deref(),
+            )
+            .await
+        }
+        Cmd::Resume { service, api } => {
+            client::simple(
+                &client::Api::new(&cli.config, &api),
+                "resume",
+                service.as_deref(),
+            )
+            .await
+        }
         Cmd::Rejoin { node, api } => {
             client::rejoin(&client::Api::new(&cli.config, &api), &node).await
         }

@@ -100,9 +100,10 @@ pub async fn status(api: &Api) -> ExitCode {
         println!("{v:#}");
         return ExitCode::SUCCESS;
     }
-    match serde_json::from_value::<Status>(v) {
-        Ok(s) => {
-            print!("{}", render_status(&s));
+    match serde_json::from_value::<Vec<Status>>(v["services"].clone()) {
+        Ok(all) => {
+            let text: Vec<String> = all.iter().map(render_status).collect();
+            print!("{}", text.join("\n"));
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("unexpected status format: {e}")),
@@ -113,8 +114,9 @@ pub fn render_status(s: &Status) -> String {
     let mut o = String::new();
     let target = s.endpoint.routes_to.as_deref().unwrap_or("nobody (held)");
     o.push_str(&format!(
-        "service {} (tier {}), replication {}, failover {}{}\n",
+        "service {} ({}, tier {}), replication {}, failover {}{}\n",
         s.service,
+        s.kind,
         s.tier,
         s.replication,
         s.mode,
@@ -139,7 +141,7 @@ pub fn render_status(s: &Status) -> String {
     }
     o.push_str(&format!(
         "\n{:<14} {:<10} {:<13} {:<9} {:<12} {:<12} {:<10}\n",
-        "NODE", "REGION", "ROLE", "HEALTH", "LSN", "LAG", "SYNC"
+        "NODE", "REGION", "ROLE", "HEALTH", "POSITION", "LAG", "SYNC"
     ));
     for n in &s.nodes {
         let lag = match (n.lag_bytes, n.lag_seconds) {
@@ -153,7 +155,7 @@ pub fn render_status(s: &Status) -> String {
             n.region,
             n.role,
             n.health,
-            n.lsn.as_deref().unwrap_or("-"),
+            n.position.as_deref().unwrap_or("-"),
             lag,
             n.sync_state.as_deref().unwrap_or("-")
         ));
@@ -205,9 +207,9 @@ pub async fn rejoin(api: &Api, node: &str) -> ExitCode {
     command(api, "/v1/rejoin", json!({ "node": node })).await
 }
 
-/// `pause` or `resume`.
-pub async fn simple(api: &Api, what: &str) -> ExitCode {
-    command(api, &format!("/v1/{what}"), json!({})).await
+/// `pause` or `resume` of `service` (needed when there are several).
+pub async fn simple(api: &Api, what: &str, service: Option<&str>) -> ExitCode {
+    command(api, &format!("/v1/{what}"), json!({ "service": service })).await
 }
 
 pub async fn incidents(api: &Api, limit: u32) -> ExitCode {

@@ -2,8 +2,8 @@
 //! and runs them until SIGTERM or SIGINT, then drains within a grace period.
 
 use anyhow::{Context, Result};
-use lifeboat_config::{Config, Loaded};
-use lifeboat_exec::{Controller, Handle, Metrics, Router};
+use lifeboat_config::{Config, Loaded, ServiceKind};
+use lifeboat_exec::{Controller, Handle, Metrics, Router, Service};
 use lifeboat_store::Store;
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
@@ -17,7 +17,8 @@ const GRACE: Duration = Duration::from_secs(10);
 
 /// A started daemon: everything it runs hangs off `cancel` and `tasks`.
 pub struct Running {
-    pub handle: Handle,
+    /// One per service, in service-name order.
+    pub handles: Vec<Handle>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -100,18 +101,36 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let state_dir = &cfg.controller.state_dir;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
-    let store = Arc::new(
-        Store::open(state_dir)
-            .with_context(|| format!("opening the store in {}", state_dir.display()))?,
-    );
-    let nodes = lifeboat_exec::nodes(&cfg)?;
+    let store = Store::open(state_dir)
+        .with_context(|| format!("opening the store in {}", state_dir.display()))?;
     let token = api_token(&cfg)?;
     if token.is_none() {
         warn!("no API token configured: changing API calls (switchover, failover, pause, ...) are refused");
     }
-    let endpoint = tokio::net::TcpListener::bind(cfg.endpoint.listen)
-        .await
-        .with_context(|| format!("endpoint.listen: cannot listen on {}", cfg.endpoint.listen))?;
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    // Every service's nodes, endpoint and controller, before anything runs.
+    let mut services = Vec::new();
+    for (name, sc) in &cfg.services {
+        let service = Service::new(name, sc)?;
+        let endpoint = tokio::net::TcpListener::bind(sc.endpoint.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "services.{name}.endpoint.listen: cannot listen on {}",
+                    sc.endpoint.listen
+                )
+            })?;
+        let router = Router::new().with_upstream_timeout(sc.endpoint.upstream_timeout.get());
+        let controller = Controller::new(
+            cfg.clone(),
+            service,
+            &store,
+            router.clone(),
+            metrics.clone(),
+        )?;
+        services.push((name, sc, endpoint, router, controller));
+    }
     let api = tokio::net::TcpListener::bind(cfg.controller.api_listen)
         .await
         .with_context(|| {
@@ -120,28 +139,29 @@ pub async fn start(cfg: Config) -> Result<Running> {
                 cfg.controller.api_listen
             )
         })?;
-    let (endpoint_addr, api_addr) = (endpoint.local_addr()?, api.local_addr()?);
-
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::new(&mut registry));
+    let api_addr = api.local_addr()?;
     let scheduler = lifeboat_backup::scheduler::Scheduler::new(&cfg);
     if let Some(s) = &scheduler {
         s.register_metrics(&mut registry);
     }
+
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let router = Router::new().with_upstream_timeout(cfg.endpoint.upstream_timeout.get());
-    let controller = Controller::new(cfg.clone(), nodes, store, router.clone(), metrics)?;
-    let handle = controller.start(cancel.clone(), &tasks);
-    tasks.spawn(router.serve(
-        endpoint,
-        cfg.endpoint.hold_timeout.get(),
-        cfg.endpoint.connect_timeout.get(),
-        cancel.clone(),
-        tasks.clone(),
-    ));
+    let mut handles = Vec::new();
+    for (name, sc, endpoint, router, controller) in services {
+        let addr = endpoint.local_addr()?;
+        handles.push(controller.start(cancel.clone(), &tasks));
+        tasks.spawn(router.serve(
+            endpoint,
+            sc.endpoint.hold_timeout.get(),
+            sc.endpoint.connect_timeout.get(),
+            cancel.clone(),
+            tasks.clone(),
+        ));
+        info!(service = %name, kind = sc.kind.as_str(), endpoint = %addr, "service protected");
+    }
     let state = lifeboat_api::ApiState {
-        handle: handle.clone(),
+        services: handles.clone(),
         token,
         registry: Arc::new(registry),
     };
@@ -153,14 +173,21 @@ pub async fn start(cfg: Config) -> Result<Running> {
     });
     if let Some(s) = scheduler {
         // Sources that follow the primary back up, and stream WAL from, the node the
-        // controller holds as primary: they carry on after a failover.
-        let h = handle.clone();
-        let s = s.following(Arc::new(move || h.status().primary));
+        // controller of the PostgreSQL service holds as primary: they carry on after a
+        // failover. (The config allows follow-primary with one PostgreSQL service only.)
+        let pg = handles
+            .iter()
+            .zip(cfg.services.values())
+            .find(|(_, sc)| sc.kind == ServiceKind::Postgres)
+            .map(|(h, _)| h.clone());
+        let s = s.following(Arc::new(move || {
+            pg.as_ref().and_then(|h| h.status().primary)
+        }));
         tasks.spawn(s.run(cancel.clone()));
     }
-    info!(endpoint = %endpoint_addr, api = %api_addr, service = %cfg.service.name, "lifeboat running");
+    info!(api = %api_addr, services = handles.len(), "lifeboat running");
     Ok(Running {
-        handle,
+        handles,
         cancel,
         tasks,
     })

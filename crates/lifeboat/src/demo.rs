@@ -53,7 +53,7 @@ async fn run() -> Result<()> {
         regions.endpoint_port
     );
     let running = daemon::start(loaded.config).await?;
-    let h = running.handle.clone();
+    let h = running.handles[0].clone();
     let result = scenario(&regions, &h).await;
     running.shutdown().await;
     println!(

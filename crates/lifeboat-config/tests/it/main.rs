@@ -13,7 +13,7 @@ fn every_example_loads_without_errors() {
         if path.extension().is_some_and(|e| e == "toml") {
             let loaded =
                 lifeboat_config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(!loaded.config.regions.is_empty());
+            assert!(!loaded.config.services.is_empty());
             seen += 1;
         }
     }
@@ -24,9 +24,11 @@ fn every_example_loads_without_errors() {
 fn the_two_region_example_says_what_it_means() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/two-region.toml");
     let c = lifeboat_config::load(&path).unwrap().config;
-    assert_eq!(c.regions.len(), 2);
-    assert_eq!(c.failover.max_lag.0, 16 << 20);
-    assert_eq!(c.probe.failure_threshold, 3);
+    let orders = &c.services["orders"];
+    assert_eq!(orders.kind, lifeboat_config::ServiceKind::Postgres);
+    assert_eq!(orders.regions.len(), 2);
+    assert_eq!(orders.failover.max_lag.0, 16 << 20);
+    assert_eq!(orders.probe.failure_threshold, 3);
     let names: Vec<&str> = c.nodes().map(|(_, _, n)| n.name.as_str()).collect();
     assert_eq!(names, ["eu-west-1", "us-east-1"]);
     assert!(
@@ -41,25 +43,25 @@ fn a_broken_config_reports_every_error_with_its_path_and_line() {
     let path = dir.path().join("lifeboat.toml");
     std::fs::write(
         &path,
-        r#"[service]
-name = ""
+        r#"[services."or ders"]
+kind = "postgres"
 tier = "platinum"
 
-[endpoint]
+[services."or ders".endpoint]
 listen = "127.0.0.1:6432"
 colour = "blue"
 
-[probe]
+[services."or ders".probe]
 interval = "5ms"
 failure-threshold = 0
 
-[failover]
+[services."or ders".failover]
 max-lag = "lots"
 
-[regions.us-east]
+[services."or ders".regions.us-east]
 role = "primary"
 
-[[regions.us-east.nodes]]
+[[services."or ders".regions.us-east.nodes]]
 name = "a"
 host = "127.0.0.1"
 port = 0
@@ -74,17 +76,17 @@ password = "hunter2"
         "a secret leaked into the report"
     );
     expect![[r#"
-        error: endpoint.colour (line 7): unknown field `colour`, expected one of `listen`, `hold-timeout`, `connect-timeout`, `upstream-timeout`
-        error: failover.max-lag (line 14): invalid size "lots"; write e.g. "16MiB", "512KiB", "1GiB"
-        error: regions.us-east.nodes[0].password (line 23): secrets are never written in the config: use password-file or password-env
-        error: service.name (line 2): must not be empty
-        error: service.tier (line 3): tier "platinum" is not defined; add [tiers.platinum] with rto and rpo
-        error: probe.interval (line 10): must be at least 10ms
-        error: probe.failure-threshold (line 11): must be at least 1
-        error: regions.us-east.nodes[0].port (line 22): must be between 1 and 65535
-        error: regions (line 16): no standby node: add a region with role = "standby" to fail over to
+        error: services.or ders.endpoint.colour (line 7): unknown field `colour`, expected one of `listen`, `hold-timeout`, `connect-timeout`, `upstream-timeout`
+        error: services.or ders.failover.max-lag (line 14): invalid size "lots"; write e.g. "16MiB", "512KiB", "1GiB"
+        error: services.or ders.regions.us-east.nodes[0].password (line 23): secrets are never written in the config: use password-file or password-env
+        error: services.or ders (line 1): a service name may only hold letters, digits, - and _
+        error: services.or ders.tier (line 3): tier "platinum" is not defined; add [tiers.platinum] with rto and rpo
+        error: services.or ders.probe.interval (line 10): must be at least 10ms
+        error: services.or ders.probe.failure-threshold (line 11): must be at least 1
+        error: services.or ders.regions.us-east.nodes[0].port (line 22): must be between 1 and 65535
+        error: services.or ders.regions (line 16): no standby node: add a region with role = "standby" to fail over to
         warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
-        warning: failover.replication (line 13): async replication can lose the last acknowledged writes in an automatic failover
+        warning: services.or ders.failover.replication (line 13): async replication can lose the last acknowledged writes in an automatic failover
     "#]]
     .assert_eq(&report);
 }
@@ -104,22 +106,20 @@ fn a_broken_backup_section_reports_every_error() {
     let path = dir.path().join("lifeboat.toml");
     std::fs::write(
         &path,
-        r#"[service]
-name = "orders"
+        r#"[services.orders]
+kind = "postgres"
 tier = "gold"
-
-[endpoint]
-listen = "127.0.0.1:6432"
+endpoint = { listen = "127.0.0.1:6432" }
 
 [tiers.gold]
 rto = "5s"
 rpo = "1s"
 
-[regions.a]
+[services.orders.regions.a]
 role = "primary"
 nodes = [{ name = "a1", host = "127.0.0.1", port = 5432 }]
 
-[regions.b]
+[services.orders.regions.b]
 role = "standby"
 nodes = [{ name = "b1", host = "127.0.0.1", port = 5433 }]
 
@@ -174,19 +174,107 @@ query = "SELECT 1"
     let err = lifeboat_config::load(&path).unwrap_err();
     let report = err.report().expect("a report").to_string();
     expect![[r#"
-        error: backup.repositories.main.location (line 21): only directories and s3:// locations are supported
-        error: backup.repositories.main (line 20): set password-file or password-env
-        error: backup.sources.both (line 26): set one of paths, postgres and follow-primary
-        error: backup.sources.db.postgres (line 24): no node "c9" in regions (known: a1, b1)
-        error: backup.tiers.hot.every (line 34): must be at least 1s
-        error: backup.tiers.hot.keep (line 35): keeps nothing; set at least one of last, hourly, daily, weekly, monthly, yearly
-        error: backup.tiers.hot.sources[1] (line 32): source "missing" is not defined under backup.sources
-        error: backup.tiers.night run (line 45): a consistent tier's name labels its groups: use 1 to 40 letters, digits, '.', '_' or '-'
-        error: backup.tiers.offsite.consistent (line 43): a copy tier copies the groups of its repository; only backup tiers take groups
-        error: backup.tiers.offsite.copy-to (line 40): must differ from repository
-        error: backup.wal.repository (line 58): repository "elsewhere" is not defined under backup.repositories
-        error: backup.restore-test.source (line 61): source "files" is not a PostgreSQL source
+        error: backup.repositories.main.location (line 19): only directories and s3:// locations are supported
+        error: backup.repositories.main (line 18): set password-file or password-env
+        error: backup.sources.both (line 24): set one of paths, postgres and follow-primary
+        error: backup.sources.db.postgres (line 22): no node "c9" in regions (known: a1, b1)
+        error: backup.tiers.hot.every (line 32): must be at least 1s
+        error: backup.tiers.hot.keep (line 33): keeps nothing; set at least one of last, hourly, daily, weekly, monthly, yearly
+        error: backup.tiers.hot.sources[1] (line 30): source "missing" is not defined under backup.sources
+        error: backup.tiers.night run (line 43): a consistent tier's name labels its groups: use 1 to 40 letters, digits, '.', '_' or '-'
+        error: backup.tiers.offsite.consistent (line 41): a copy tier copies the groups of its repository; only backup tiers take groups
+        error: backup.tiers.offsite.copy-to (line 38): must differ from repository
+        error: backup.wal.repository (line 56): repository "elsewhere" is not defined under backup.repositories
+        error: backup.restore-test.source (line 59): source "files" is not a PostgreSQL source
         warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
-        warning: failover.replication: async replication can lose the last acknowledged writes in an automatic failover
+        warning: services.orders.failover.replication (line 1): async replication can lose the last acknowledged writes in an automatic failover
     "#]].assert_eq(&report);
+}
+
+fn report_of(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lifeboat.toml");
+    std::fs::write(&path, text).unwrap();
+    let err = lifeboat_config::load(&path).unwrap_err();
+    err.report().expect("a report").to_string()
+}
+
+#[test]
+fn the_single_service_shape_gets_one_error_that_says_how_to_rewrite_it() {
+    let report = report_of(
+        r#"[service]
+name = "orders"
+tier = "gold"
+
+[endpoint]
+listen = "127.0.0.1:6432"
+
+[regions.a]
+role = "primary"
+nodes = [{ name = "a1", host = "127.0.0.1", port = 5432 }]
+"#,
+    );
+    expect![[r#"
+        error: service (line 1): [service], [endpoint], [regions] at the top level is the single-service shape, which [services.orders] replaced; rewrite it as: [service] name = "orders", tier = T -> [services.orders] kind = "postgres", tier = T; [endpoint] -> [services.orders.endpoint]; [probe] -> [services.orders.probe]; [failover] -> [services.orders.failover]; [regions.R] and [[regions.R.nodes]] -> [services.orders.regions.R] and [[services.orders.regions.R.nodes]] (see examples/two-region.toml)
+    "#]]
+    .assert_eq(&report);
+}
+
+#[test]
+fn two_services_that_share_a_node_an_address_or_an_unknown_kind_are_refused() {
+    let report = report_of(
+        r#"[tiers.gold]
+rto = "30s"
+rpo = "1s"
+
+[services.orders]
+kind = "postgres"
+tier = "gold"
+endpoint = { listen = "127.0.0.1:6432" }
+failover = { replication = "sync" }
+
+[services.orders.regions.a]
+role = "primary"
+nodes = [{ name = "a1", host = "127.0.0.1", port = 5432 }]
+
+[services.orders.regions.b]
+role = "standby"
+nodes = [{ name = "b1", host = "127.0.0.1", port = 5433 }]
+
+[services.cache]
+kind = "redis"
+tier = "gold"
+endpoint = { listen = "127.0.0.1:6432" }
+failover = { replication = "sync-strict" }
+
+[services.cache.regions.a]
+role = "primary"
+nodes = [{ name = "a1", host = "127.0.0.1", port = 6379, dbname = "postgres" }]
+
+[services.cache.regions.b]
+role = "standby"
+nodes = [{ name = "c2", host = "127.0.0.1", port = 6380 }]
+"#,
+    );
+    expect![[r#"
+        error: services.cache.failover.replication (line 23): sync-strict is for PostgreSQL; for Redis use "sync" (promote only a replica holding every write a WAIT confirmed, and refuse writes without a replica via min-replicas-to-write)
+        error: services.cache.regions.a.nodes[0].dbname (line 27): is for PostgreSQL nodes; a Redis node has host, port, user (an ACL user), password-file or password-env and fence-command
+        error: services.orders.regions.a.nodes (line 13): node "a1" is also in service cache; a server belongs to one service: rename one of them or remove it from one service
+        error: services.orders.endpoint.listen (line 8): 127.0.0.1:6432 is also the endpoint of service cache; give each service its own address
+        warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
+    "#]]
+    .assert_eq(&report);
+
+    let report = report_of(
+        r#"[services.orders]
+kind = "mysql"
+tier = "gold"
+endpoint = { listen = "127.0.0.1:6432" }
+regions = {}
+"#,
+    );
+    assert!(
+        report.contains("services.orders.kind (line 2): unknown variant `mysql`, expected `postgres` or `redis`"),
+        "{report}"
+    );
 }

@@ -7,7 +7,7 @@ mod spec;
 mod transition_spec;
 
 use lifeboat_core::model::{FailoverMode, RegionRole, ReplicationMode};
-use lifeboat_core::{ClusterView, Health, Millis, NodeView, PgFacts, Policy};
+use lifeboat_core::{ClusterView, Facts, Health, Millis, NodeView, Policy, Role, SyncSetting};
 
 pub const T0: Millis = Millis(1_700_000_000_000);
 
@@ -20,34 +20,32 @@ pub fn policy() -> Policy {
     }
 }
 
-pub fn primary_facts(lsn: u64, sync: &[&str]) -> PgFacts {
-    PgFacts {
-        in_recovery: false,
-        lsn,
-        connected_standbys: vec!["pg-b".into()],
-        sync_standbys: sync.iter().map(|s| s.to_string()).collect(),
-        synchronous_standby_names: if sync.is_empty() {
-            String::new()
+pub fn primary_facts(lsn: u64, sync: &[&str]) -> Facts {
+    Facts {
+        role: Role::Primary,
+        position: lsn,
+        connected_replicas: vec!["pg-b".into()],
+        sync_replicas: sync.iter().map(|s| s.to_string()).collect(),
+        sync: SyncSetting::Names(if sync.is_empty() {
+            Vec::new()
         } else {
-            "FIRST 1 (\"pg-b\")".into()
-        },
-        timeline: 1,
-        ..PgFacts::default()
+            vec!["pg-b".into()]
+        }),
+        ..Facts::default()
     }
 }
 
-pub fn standby_facts(lsn: u64) -> PgFacts {
-    PgFacts {
-        in_recovery: true,
-        lsn,
-        replay_lsn: Some(lsn),
+pub fn standby_facts(lsn: u64) -> Facts {
+    Facts {
+        role: Role::Replica,
+        position: lsn,
+        applied: Some(lsn),
         streaming: true,
-        timeline: 1,
-        ..PgFacts::default()
+        ..Facts::default()
     }
 }
 
-pub fn node(name: &str, region: &str, role: RegionRole, priority: i32, facts: PgFacts) -> NodeView {
+pub fn node(name: &str, region: &str, role: RegionRole, priority: i32, facts: Facts) -> NodeView {
     NodeView {
         name: name.into(),
         region: region.into(),

@@ -3,7 +3,8 @@
 use crate::*;
 use lifeboat_core::model::{FailoverMode, RegionRole, ReplicationMode};
 use lifeboat_core::{
-    decide, plan_command, ClusterView, Command, Decision, Health, Plan, PlanKind, Policy, Step,
+    decide, plan_command, ClusterView, Command, Decision, Health, Plan, PlanKind, Policy, Role,
+    Step,
 };
 use proptest::prelude::*;
 
@@ -54,7 +55,11 @@ fn node_strategy(i: usize) -> impl Strategy<Value = NodeView> {
                 );
                 n.health = health;
                 let f = n.facts.as_mut().expect("facts");
-                f.in_recovery = in_recovery;
+                f.role = if in_recovery {
+                    Role::Replica
+                } else {
+                    Role::Primary
+                };
                 f.streaming = streaming;
                 f.read_only = read_only && !in_recovery;
                 n.fenced = fenced;
@@ -80,8 +85,8 @@ fn view() -> impl Strategy<Value = ClusterView> {
             let sync_names: Vec<String> = sync.iter().map(|i| format!("n{i}")).collect();
             if let Some(p) = primary {
                 let f = nodes[p].facts.as_mut().expect("facts");
-                f.sync_standbys = sync_names.clone();
-                f.connected_standbys = sync_names;
+                f.sync_replicas = sync_names.clone();
+                f.connected_replicas = sync_names;
             }
             ClusterView {
                 nodes,
@@ -162,10 +167,10 @@ proptest! {
             prop_assert!(old.health.is_down(), "failed over a primary that is not down:\n{}", plan);
             prop_assert!(target.standby_up() && !target.fenced && !target.needs_rejoin);
             prop_assert_ne!(target.region_role, RegionRole::Cold);
-            let lag = old.facts.as_ref().unwrap().lsn.saturating_sub(target.facts.as_ref().unwrap().lsn);
+            let lag = old.facts.as_ref().unwrap().position.saturating_sub(target.facts.as_ref().unwrap().position);
             prop_assert!(lag <= p.max_lag_bytes, "promoted past the lag limit: {} > {}\n{}", lag, p.max_lag_bytes, plan);
             if p.replication.is_sync() {
-                prop_assert!(old.facts.as_ref().unwrap().sync_standbys.contains(&target.name),
+                prop_assert!(old.facts.as_ref().unwrap().sync_replicas.contains(&target.name),
                     "sync mode promoted a standby that was not synchronous:\n{}", plan);
             }
         }

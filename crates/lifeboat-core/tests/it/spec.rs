@@ -43,20 +43,20 @@ fn lost_primary_fails_over_to_the_hot_standby() {
         &v,
         &policy(),
         expect![[r#"
-        plan failover (epoch 4)
-          1. block endpoint traffic to pg-a
-          2. fence pg-a in the background, retried until reached (does not delay what follows)
-          3. promote pg-b
-          4. mark pg-a as needing rejoin
-          5. set synchronous_standby_names = '' on pg-b
-          6. route the endpoint to pg-b (epoch 4)
-          7. write a heartbeat on pg-b
-        because:
-          - primary pg-a down since 22:13:20.000: connection refused
-          - standby pg-b is eligible, 0 B behind
-          - pg-c is in cold region ap-south: promoted only on an operator's command
-          - promoting pg-b
-    "#]],
+            plan failover (epoch 4)
+              1. block endpoint traffic to pg-a
+              2. fence pg-a in the background, retried until reached (does not delay what follows)
+              3. promote pg-b
+              4. mark pg-a as needing rejoin
+              5. let writes on pg-b wait for no replica
+              6. route the endpoint to pg-b (epoch 4)
+              7. write a heartbeat on pg-b
+            because:
+              - primary pg-a down since 22:13:20.000: connection refused
+              - standby pg-b is eligible, 0 B behind
+              - pg-c is in cold region ap-south: promoted only on an operator's command
+              - promoting pg-b
+        "#]],
     );
 }
 
@@ -139,11 +139,11 @@ fn sync_mode_drops_the_requirement_when_the_standby_is_lost() {
             ..policy()
         },
         expect![[r#"
-        plan sync-off (epoch 3)
-          1. set synchronous_standby_names = '' on pg-a
-        because:
-          - no healthy standby left: dropping the synchronous requirement so writes continue; the lost standby is not promoted automatically until it is synchronous again
-    "#]],
+            plan sync-off (epoch 3)
+              1. let writes on pg-a wait for no replica
+            because:
+              - no healthy standby left: dropping the synchronous requirement so writes continue; the lost standby is not promoted automatically until it is synchronous again
+        "#]],
     );
 }
 
@@ -291,19 +291,19 @@ fn switchover_waits_for_catch_up_and_rejoins_the_old_primary() {
         &cluster(),
         Command::Switchover { to: "pg-b".into() },
         expect![[r#"
-        plan switchover (epoch 4)
-          1. block endpoint traffic to pg-a
-          2. fence pg-a: stop it or make it read-only
-          3. wait until pg-b has replayed all WAL of pg-a
-          4. promote pg-b
-          5. mark pg-a as needing rejoin
-          6. set synchronous_standby_names = '' on pg-b
-          7. route the endpoint to pg-b (epoch 4)
-          8. write a heartbeat on pg-b
-          9. rewind (or re-clone) pg-a from pg-b and start it as a standby
-        because:
-          - switchover from pg-a to pg-b requested by operator
-    "#]],
+            plan switchover (epoch 4)
+              1. block endpoint traffic to pg-a
+              2. fence pg-a: make it read-only, keep it running
+              3. wait until pg-b has applied everything pg-a wrote
+              4. promote pg-b
+              5. mark pg-a as needing rejoin
+              6. let writes on pg-b wait for no replica
+              7. route the endpoint to pg-b (epoch 4)
+              8. write a heartbeat on pg-b
+              9. make pg-a a replica of pg-b again (rewind or re-clone)
+            because:
+              - switchover from pg-a to pg-b requested by operator
+        "#]],
     );
 }
 
@@ -350,18 +350,18 @@ fn commands_name_unknown_nodes_and_refuse_unsafe_requests() {
             force: true,
         },
         expect![[r#"
-        plan manual-failover (epoch 4)
-          1. block endpoint traffic to pg-a
-          2. fence pg-a in the background, retried until reached (does not delay what follows)
-          3. promote pg-b
-          4. mark pg-a as needing rejoin
-          5. set synchronous_standby_names = '' on pg-b
-          6. route the endpoint to pg-b (epoch 4)
-          7. write a heartbeat on pg-b
-        because:
-          - failover to pg-b requested by operator (forced)
-          - primary pg-a down since 22:13:20.000: connection refused
-    "#]],
+            plan manual-failover (epoch 4)
+              1. block endpoint traffic to pg-a
+              2. fence pg-a in the background, retried until reached (does not delay what follows)
+              3. promote pg-b
+              4. mark pg-a as needing rejoin
+              5. let writes on pg-b wait for no replica
+              6. route the endpoint to pg-b (epoch 4)
+              7. write a heartbeat on pg-b
+            because:
+              - failover to pg-b requested by operator (forced)
+              - primary pg-a down since 22:13:20.000: connection refused
+        "#]],
     );
     check_cmd(
         &cluster(),
@@ -372,5 +372,65 @@ fn commands_name_unknown_nodes_and_refuse_unsafe_requests() {
         refused:
           - pg-a is the primary; it cannot rejoin itself
     "#]],
+    );
+}
+
+#[test]
+fn with_several_synchronous_replicas_only_the_one_holding_every_acknowledged_write_is_promoted() {
+    // Redis in sync mode: a write confirmed by WAIT reached at least one linked replica,
+    // any of them.
+    let mut v = cluster();
+    v.nodes.push(node(
+        "pg-d",
+        "eu-west",
+        RegionRole::Standby,
+        50,
+        standby_facts(1 << 30),
+    ));
+    set(&mut v, "pg-a", |n| {
+        let mut f = primary_facts(1 << 30, &["pg-b", "pg-d"]);
+        f.connected_replicas = vec!["pg-b".into(), "pg-d".into()];
+        n.facts = Some(f);
+        n.health = down(T0);
+    });
+    set(&mut v, "pg-b", |n| {
+        n.facts = Some(standby_facts((1 << 30) - 4096))
+    });
+    let p = Policy {
+        replication: ReplicationMode::Sync,
+        ..policy()
+    };
+    check(
+        &v,
+        &p,
+        expect![[r#"
+            plan failover (epoch 4)
+              1. block endpoint traffic to pg-a
+              2. fence pg-a in the background, retried until reached (does not delay what follows)
+              3. promote pg-d
+              4. mark pg-a as needing rejoin
+              5. let writes on pg-d wait for no replica
+              6. route the endpoint to pg-d (epoch 4)
+              7. write a heartbeat on pg-d
+            because:
+              - primary pg-a down since 22:13:20.000: connection refused
+              - synchronous standby pg-d is 4 KiB further ahead: it may hold acknowledged writes that pg-b lacks
+              - pg-c is in cold region ap-south: promoted only on an operator's command
+              - standby pg-d is eligible, 0 B behind
+              - promoting pg-d
+        "#]],
+    );
+    set(&mut v, "pg-d", |n| n.health = down(T0));
+    check(
+        &v,
+        &p,
+        expect![[r#"
+            no action:
+              - primary pg-a down since 22:13:20.000: connection refused
+              - synchronous standby pg-d cannot be observed: it may hold acknowledged writes that pg-b lacks
+              - pg-c is in cold region ap-south: promoted only on an operator's command
+              - standby pg-d is down since 22:13:20.000: connection refused
+              - no standby can be promoted safely: not failing over
+        "#]],
     );
 }

@@ -4,7 +4,8 @@
 use crate::T0;
 use expect_test::{expect, Expect};
 use lifeboat_core::{
-    after_plan, after_step, before_step, ControllerState, Plan, PlanKind, Step, StepOutcome,
+    after_plan, after_step, before_step, ControllerState, FenceMode, Plan, PlanKind, Step,
+    StepOutcome,
 };
 
 fn start() -> ControllerState {
@@ -79,6 +80,7 @@ fn a_failover_fences_the_old_primary_before_it_is_touched_and_moves_the_primary_
             Step::FenceNode {
                 node: n("pg-a"),
                 required: false,
+                mode: FenceMode::Stop,
             },
             Step::Promote { node: n("pg-b") },
             Step::MarkNeedsRejoin { node: n("pg-a") },
@@ -98,7 +100,7 @@ fn a_failover_fences_the_old_primary_before_it_is_touched_and_moves_the_primary_
             fence pg-a in the background, retried until reached (does not delay what follows): before: fenced += pg-a
             promote pg-b: before: -
             mark pg-a as needing rejoin: before: needs-rejoin += pg-a
-            set synchronous_standby_names = '' on pg-b: before: -
+            let writes on pg-b wait for no replica: before: -
             route the endpoint to pg-b (epoch 4): before: primary Some("pg-a") -> Some("pg-b"), epoch 3 -> 4
             write a heartbeat on pg-b: before: -
         "#]],
@@ -117,7 +119,7 @@ fn only_a_rejoin_or_unfence_that_certainly_succeeded_lifts_a_fence() {
             source: "pg-b".into(),
         }],
         expect![[r#"
-            rewind (or re-clone) pg-a from pg-b and start it as a standby: before: -; Ok: fenced -= pg-a, needs-rejoin -= pg-a
+            make pg-a a replica of pg-b again (rewind or re-clone): before: -; Ok: fenced -= pg-a, needs-rejoin -= pg-a
         "#]],
     );
     fenced.needs_rejoin.clear();

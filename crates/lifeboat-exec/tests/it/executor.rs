@@ -1,30 +1,27 @@
 use anyhow::Result;
-use lifeboat_core::model::RegionRole;
 use lifeboat_core::{ControllerState, Plan, PlanKind, Step};
 use lifeboat_exec::executor::{Context, Executor, Timeouts};
-use lifeboat_exec::{Node, Router};
-use lifeboat_postgres::{ConnInfo, InitOptions};
+use lifeboat_exec::{Router, Service};
+use lifeboat_postgres::InitOptions;
 use lifeboat_store::{Outcome, Store};
 use lifeboat_testkit::{free_port, PgCluster, TestDir};
 use std::time::Duration;
 
-fn node(name: &str, port: u16) -> Node {
-    Node {
-        name: name.into(),
-        region: "r".into(),
-        region_role: RegionRole::Primary,
-        priority: 0,
-        conn: ConnInfo {
-            host: "127.0.0.1".into(),
-            port,
-            user: "postgres".into(),
-            password: None,
-            dbname: "postgres".into(),
-        },
-        addr: ([127, 0, 0, 1], port).into(),
-        control: None,
-        fence_command: None,
-    }
+/// A PostgreSQL service of two nodes on loopback ports, as the config would give it.
+fn service(nodes: &[(&str, u16)]) -> Result<Service> {
+    let nodes: Vec<String> = nodes
+        .iter()
+        .map(|(n, p)| format!("{{ name = \"{n}\", host = \"127.0.0.1\", port = {p} }}"))
+        .collect();
+    let text = format!(
+        "[tiers.t]\nrto = \"5s\"\nrpo = \"1s\"\n[services.s]\nkind = \"postgres\"\ntier = \"t\"\n\
+         endpoint = {{ listen = \"127.0.0.1:1\" }}\n\
+         [services.s.regions.r]\nrole = \"primary\"\nnodes = [{}]\n",
+        nodes.join(", ")
+    );
+    let (cfg, _) = lifeboat_config::parse(&text, std::path::Path::new("."))
+        .map_err(|r| anyhow::anyhow!("{r}"))?;
+    Ok(Service::new("s", &cfg.services["s"])?)
 }
 
 fn sync_plan(node: &str, names: &[&str]) -> Plan {
@@ -51,7 +48,7 @@ fn sync_plan(node: &str, names: &[&str]) -> Plan {
 async fn only_steps_that_may_have_changed_a_server_count_as_touching_it() -> Result<()> {
     let dir = TestDir::new("executor")?;
     let pg = PgCluster::primary(&dir, "pg", InitOptions::default()).await?;
-    let nodes = [node("up", pg.port()), node("gone", free_port()?)];
+    let service = service(&[("up", pg.port()), ("gone", free_port()?)])?;
     let t = Duration::from_secs(5);
     let timeouts = Timeouts {
         probe: t,
@@ -62,7 +59,12 @@ async fn only_steps_that_may_have_changed_a_server_count_as_touching_it() -> Res
         rejoin: t,
     };
     let store = std::sync::Arc::new(Store::open(&dir.subdir("state")?)?);
-    let exec = Executor::new(&nodes, Router::new(), store, timeouts);
+    let exec = Executor::new(
+        &service,
+        std::sync::Arc::new(Router::new()),
+        store,
+        timeouts,
+    );
     let mut state = ControllerState {
         epoch: 1,
         ..Default::default()

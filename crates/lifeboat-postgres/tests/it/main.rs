@@ -214,3 +214,41 @@ async fn promote_then_rewind_the_old_primary_into_a_standby() -> Result<()> {
     );
     Ok(())
 }
+
+/// A libpq string reaches a server that demands a password, bounded; a wrong password is a
+/// permanent error that names the server but never carries the password.
+#[tokio::test]
+async fn a_connection_string_connects_and_keeps_its_password_out_of_errors() -> Result<()> {
+    let dir = TestDir::new("pg-connect-str")?;
+    let opts = InitOptions {
+        superuser_password: Some("right horse".into()),
+        ..InitOptions::default()
+    };
+    let p = PgCluster::primary(&dir, "p", opts).await?;
+    let c = pg::connect_str(&p.conninfo().to_libpq(Some("argv-test")), T).await?;
+    let name: String = pg::within(
+        "query",
+        "p",
+        T,
+        c.query_one("SELECT current_setting('application_name')", &[]),
+    )
+    .await?
+    .get(0);
+    assert_eq!(name, "argv-test");
+
+    let mut wrong = p.conninfo();
+    wrong.password = Some("battery staple".into());
+    let err = pg::connect_str(&wrong.to_libpq(None), T).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("28P01"));
+    assert!(!err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "cannot connect to host='127.0.0.1' port={}",
+            p.port()
+        )),
+        "{msg}"
+    );
+    assert!(!msg.contains("battery"), "the password leaked into: {msg}");
+    Ok(())
+}

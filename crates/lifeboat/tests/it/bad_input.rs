@@ -13,21 +13,21 @@ fn an_invalid_config_exits_2_lists_every_error_and_starts_nothing() -> Result<()
     let path = dir.path().join("lifeboat.toml");
     std::fs::write(
         &path,
-        "[service]\nname = \"x\"\ntier = \"gold\"\n[controller]\nstate-dir = \"state\"\n[endpoint]\nlisten = \"127.0.0.1:1\"\n\
-         [probe]\nfailure-threshold = 0\n[regions.a]\nrole = \"primary\"\nnodes = [{ name = \"a1\", host = \"127.0.0.1\", port = 70000 }]\n",
+        "[services.x]\nkind = \"postgres\"\ntier = \"gold\"\n[controller]\nstate-dir = \"state\"\n[services.x.endpoint]\nlisten = \"127.0.0.1:1\"\n\
+         [services.x.probe]\nfailure-threshold = 0\n[services.x.regions.a]\nrole = \"primary\"\nnodes = [{ name = \"a1\", host = \"127.0.0.1\", port = 70000 }]\n",
     )?;
     let out = Command::new(BIN).arg("run").arg("-c").arg(&path).output()?;
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
-        err.contains("error: service.tier (line 3): tier \"gold\" is not defined"),
+        err.contains("error: services.x.tier (line 3): tier \"gold\" is not defined"),
         "{err}"
     );
     assert!(
-        err.contains("error: probe.failure-threshold (line 9): must be at least 1"),
+        err.contains("error: services.x.probe.failure-threshold (line 9): must be at least 1"),
         "{err}"
     );
-    assert!(err.contains("regions.a.nodes[0].port"), "{err}");
+    assert!(err.contains("services.x.regions.a.nodes[0].port"), "{err}");
     assert!(
         !dir.path().join("state").exists(),
         "nothing may start on an invalid config"
@@ -95,7 +95,7 @@ async fn unreachable_nodes_give_a_clear_status_and_no_failover() -> Result<()> {
     let base = format!("http://127.0.0.1:{api}");
     let mut s = serde_json::Value::Null;
     for _ in 0..200 {
-        if let Ok(v) = crate::get(&format!("{base}/v1/status")).await {
+        if let Ok(v) = crate::get(&format!("{base}/v1/status?service=x")).await {
             if v["nodes"]
                 .as_array()
                 .is_some_and(|n| n.iter().all(|n| n["health"] == "down"))
@@ -206,10 +206,10 @@ async fn the_api_refuses_bad_tokens_and_malformed_requests() -> Result<()> {
     assert_eq!(d.status().await?["primary"], "us-east-1");
 
     let wanted = [
-        "lifeboat_node_up{node=\"us-east-1\"} 1",
-        "lifeboat_replication_lag_bytes{node=\"eu-west-1\"}",
-        "lifeboat_rpo_exposure_bytes",
-        "lifeboat_controller_epoch 1",
+        "lifeboat_node_up{service=\"orders\",node=\"us-east-1\"} 1",
+        "lifeboat_replication_lag_bytes{service=\"orders\",node=\"eu-west-1\"}",
+        "lifeboat_rpo_exposure_bytes{service=\"orders\"}",
+        "lifeboat_controller_epoch{service=\"orders\"} 1",
     ];
     let mut metrics = String::new();
     for _ in 0..100 {
@@ -274,10 +274,10 @@ fn config_without_servers(dir: &TestDir) -> Result<(std::path::PathBuf, u16)> {
     std::fs::write(
         &path,
         format!(
-            "[service]\nname = \"x\"\ntier = \"t\"\n[tiers.t]\nrto = \"5s\"\nrpo = \"1s\"\n[controller]\napi-listen = \"127.0.0.1:{api}\"\n\
-             state-dir = \"state\"\napi-token-env = \"LIFEBOAT_TEST_TOKEN\"\n[endpoint]\nlisten = \"127.0.0.1:{ep}\"\n\
-             [regions.one]\nrole = \"primary\"\nnodes = [{{ name = \"one-1\", host = \"127.0.0.1\", port = {a} }}]\n\
-             [regions.two]\nrole = \"standby\"\nnodes = [{{ name = \"two-1\", host = \"127.0.0.1\", port = {b} }}]\n"
+            "[services.x]\nkind = \"postgres\"\ntier = \"t\"\n[tiers.t]\nrto = \"5s\"\nrpo = \"1s\"\n[controller]\napi-listen = \"127.0.0.1:{api}\"\n\
+             state-dir = \"state\"\napi-token-env = \"LIFEBOAT_TEST_TOKEN\"\n[services.x.endpoint]\nlisten = \"127.0.0.1:{ep}\"\n\
+             [services.x.regions.one]\nrole = \"primary\"\nnodes = [{{ name = \"one-1\", host = \"127.0.0.1\", port = {a} }}]\n\
+             [services.x.regions.two]\nrole = \"standby\"\nnodes = [{{ name = \"two-1\", host = \"127.0.0.1\", port = {b} }}]\n"
         ),
     )?;
     Ok((path, api))
@@ -295,7 +295,7 @@ fn a_damaged_store_stops_the_daemon_and_is_left_as_it_was() -> Result<()> {
 
     // A real store with a state in it, then its pages after the first overwritten.
     {
-        let store = lifeboat_store::Store::open(&state)?;
+        let store = lifeboat_store::Store::open(&state)?.service("x");
         let s = lifeboat_core::ControllerState {
             primary: Some("one-1".into()),
             epoch: 7,

@@ -7,6 +7,7 @@ mod failover;
 mod groups;
 mod operations;
 mod quiet;
+mod redis_service;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_testkit::TwoRegions;
@@ -21,6 +22,7 @@ pub struct Daemon {
     child: Option<Child>,
     pub api: String,
     pub config: std::path::PathBuf,
+    service: String,
     log: std::path::PathBuf,
 }
 
@@ -28,7 +30,12 @@ impl Daemon {
     /// Starts the daemon on `regions`' config and waits until the endpoint routes to the
     /// expected primary.
     pub async fn start(regions: &TwoRegions, primary: &str) -> Result<Daemon> {
-        let d = Daemon::spawn(regions)?;
+        Daemon::spawn(regions)?.routing_to(primary).await
+    }
+
+    /// Waits until the endpoint of the daemon's service routes to `primary`.
+    pub async fn routing_to(self, primary: &str) -> Result<Daemon> {
+        let d = self;
         d.wait_until(
             "the endpoint routes to the primary",
             Duration::from_secs(30),
@@ -39,21 +46,30 @@ impl Daemon {
     }
 
     pub fn spawn(regions: &TwoRegions) -> Result<Daemon> {
-        let log = regions.dir.path().join(format!(
+        Daemon::spawn_config(&regions.config_path, regions.api(), "orders")
+    }
+
+    /// `lifeboat run -c config`, its API at `api`; [`Daemon::status`] is that of `service`.
+    pub fn spawn_config(config: &std::path::Path, api: String, service: &str) -> Result<Daemon> {
+        let dir = config.parent().context("the config's directory")?;
+        let log = dir.join(format!(
             "lifeboat-{}.log",
-            Instant::now().elapsed().as_nanos()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos()
         ));
         let child = Command::new(BIN)
             .args(["run", "-c"])
-            .arg(&regions.config_path)
+            .arg(config)
             .env("LIFEBOAT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()?;
         Ok(Daemon {
             child: Some(child),
-            api: regions.api(),
-            config: regions.config_path.clone(),
+            api,
+            config: config.to_owned(),
+            service: service.to_owned(),
             log,
         })
     }
@@ -62,8 +78,13 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The status of the daemon's service.
     pub async fn status(&self) -> Result<Value> {
-        get(&format!("{}/v1/status", self.api)).await
+        self.status_of(&self.service).await
+    }
+
+    pub async fn status_of(&self, service: &str) -> Result<Value> {
+        get(&format!("{}/v1/status?service={service}", self.api)).await
     }
 
     /// Polls the status until `f` holds, at most `timeout`.
@@ -73,10 +94,21 @@ impl Daemon {
         timeout: Duration,
         f: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
+        self.wait_until_of(&self.service, what, timeout, f).await
+    }
+
+    /// Polls the status of `service` until `f` holds, at most `timeout`.
+    pub async fn wait_until_of(
+        &self,
+        service: &str,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         let mut last = Value::Null;
         loop {
-            if let Ok(s) = self.status().await {
+            if let Ok(s) = self.status_of(service).await {
                 if f(&s) {
                     return Ok(s);
                 }

@@ -1,9 +1,12 @@
-//! The runtime view of configured nodes: resolved addresses, credentials and control.
+//! A protected service at run time: its configured nodes, resolved (addresses, secrets,
+//! local control), and the datastore provider of its kind.
 
-use lifeboat_config::{Config, NodeConfig};
+use crate::providers::{self, Datastore};
+use lifeboat_config::{NodeConfig, ServiceConfig, ServiceKind};
 use lifeboat_core::model::RegionRole;
-use lifeboat_postgres::{ConnInfo, LocalServer};
+use lifeboat_postgres::LocalServer;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -26,24 +29,46 @@ pub enum SetupError {
     },
 }
 
-/// A node as the executor and probers need it.
+/// A configured node, resolved: what the controller, the executor and the providers need.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub name: String,
     pub region: String,
     pub region_role: RegionRole,
     pub priority: i32,
-    pub conn: ConnInfo,
     pub addr: SocketAddr,
+    pub config: NodeConfig,
+    /// From the node's password-file or password-env, read once at start.
+    pub password: Option<String>,
+    /// Local control of a PostgreSQL server (stop, start, rewind).
     pub control: Option<LocalServer>,
-    pub fence_command: Option<Vec<String>>,
 }
 
-/// Resolves every node of the config. Fails on the first node that cannot be set up.
-pub fn nodes(cfg: &Config) -> Result<Vec<Node>, SetupError> {
-    cfg.nodes()
-        .map(|(region, rc, n)| node(region, rc.role, rc.priority, n))
-        .collect()
+/// One service: its name, kind, nodes and datastore provider.
+#[derive(Clone)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub config: ServiceConfig,
+    pub nodes: Vec<Node>,
+    pub datastore: Arc<dyn Datastore>,
+}
+
+impl Service {
+    /// Resolves every node of `cfg`. Fails on the first node that cannot be set up.
+    pub fn new(name: &str, cfg: &ServiceConfig) -> Result<Service, SetupError> {
+        let nodes = cfg
+            .nodes()
+            .map(|(region, rc, n)| node(region, rc.role, rc.priority, n))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Service {
+            name: name.to_owned(),
+            kind: cfg.kind,
+            datastore: providers::datastore(cfg.kind, &nodes),
+            config: cfg.clone(),
+            nodes,
+        })
+    }
 }
 
 fn node(region: &str, role: RegionRole, priority: i32, n: &NodeConfig) -> Result<Node, SetupError> {
@@ -86,15 +111,9 @@ fn node(region: &str, role: RegionRole, priority: i32, n: &NodeConfig) -> Result
         region: region.to_owned(),
         region_role: role,
         priority,
-        conn: ConnInfo {
-            host: n.host.clone(),
-            port: n.port,
-            user: n.user.clone(),
-            password,
-            dbname: n.dbname.clone(),
-        },
         addr,
+        config: n.clone(),
+        password,
         control,
-        fence_command: n.fence_command.clone(),
     })
 }
