@@ -6,12 +6,13 @@
 use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::pack::{pack_key, Index, IndexFile, PackedBlob};
-use crate::postgres::{parse_lsn, stored_segments, wal_gaps, wal_key};
+use crate::postgres::{stored_segments, wal_gaps, wal_key};
 use crate::progress::Progress;
 use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::restorer::for_each_node;
 use crate::snapshot::{format_time, Snapshot};
 use futures::StreamExt;
+use lifeboat_postgres::parse_lsn;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 #[derive(Debug, Default, serde::Serialize)]

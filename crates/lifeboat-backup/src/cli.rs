@@ -875,7 +875,8 @@ async fn run_restore(args: RestoreArgs, config: Option<&BackupConfig>) -> Result
 }
 
 async fn restore_postgres(r: &Repo, args: RestoreArgs) -> Result<ExitCode> {
-    use crate::postgres::{parse_lsn, restore_pitr, Pick, Target};
+    use crate::postgres::{restore_pitr, Pick, Target};
+    use lifeboat_postgres::parse_lsn;
     let target =
         match (&args.at, &args.lsn) {
             (Some(t), _) => Target::Time(parse_time(t)?),

@@ -13,10 +13,13 @@
 use crate::archiver::{backup_paths, BackupOptions};
 use crate::crypto::Id;
 use crate::error::{Error, Result};
-use crate::postgres::{base_backup, parse_lsn, redact, restore_pitr, wal_key, Pick, Target};
+use crate::postgres::{
+    base_backup, connect, pg_error, restore_pitr, wal_key, Pick, Target, QUERY_TIMEOUT,
+};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use crate::snapshot::{format_time, Snapshot, SourceKind};
+use lifeboat_postgres::{parse_lsn, redact, within};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -120,15 +123,9 @@ pub async fn backup_group(
     let mut clients = Vec::new();
     for m in members {
         if let Member::Postgres { conninfo, .. } = m {
-            let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| Error::Command {
-                    what: format!("{}: connecting to {}", in_group(m), redact(conninfo)),
-                    detail: e.to_string(),
-                })?;
             // The connection ends when its client is dropped at the end of this function.
-            tokio::spawn(conn);
-            clients.push((m, client));
+            let client = connect(&in_group(m), conninfo).await?;
+            clients.push((m, redact(conninfo), client));
         }
     }
 
@@ -163,19 +160,29 @@ pub async fn backup_group(
     let time = OffsetDateTime::now_utc();
     let point = format!("lifeboat-{label}-{}", time.unix_timestamp());
     let started = Instant::now();
-    let marks = futures::future::join_all(clients.iter().map(|(_, client)| {
+    let marks = futures::future::join_all(clients.iter().map(|(_, target, client)| {
         let point = &point;
         async move {
-            let row = client
-                .query_one(
+            let row = within(
+                "writing the restore point",
+                target,
+                QUERY_TIMEOUT,
+                client.query_one(
                     "SELECT p::text, pg_walfile_name(p) \
                      FROM (SELECT pg_create_restore_point($1) AS p) r",
                     &[point],
-                )
-                .await?;
+                ),
+            )
+            .await?;
             let answered = started.elapsed();
-            client.batch_execute("SELECT pg_switch_wal()").await?;
-            Ok::<_, tokio_postgres::Error>((
+            within(
+                "switching to a new WAL segment",
+                target,
+                QUERY_TIMEOUT,
+                client.batch_execute("SELECT pg_switch_wal()"),
+            )
+            .await?;
+            Ok::<_, lifeboat_postgres::PgError>((
                 row.get::<_, String>(0),
                 row.get::<_, String>(1),
                 answered,
@@ -185,11 +192,9 @@ pub async fn backup_group(
     .await;
     let mut points = std::collections::HashMap::new();
     let mut spread = Duration::ZERO;
-    for ((m, _), r) in clients.iter().zip(marks) {
-        let (lsn, segment, answered) = r.map_err(|e| Error::Command {
-            what: format!("{}: writing the restore point", in_group(m)),
-            detail: e.to_string(),
-        })?;
+    for ((m, _, _), r) in clients.iter().zip(marks) {
+        let (lsn, segment, answered) =
+            r.map_err(|e| pg_error(&format!("{}: writing the restore point", in_group(m)), e))?;
         spread = spread.max(answered);
         points.insert(m.name().to_string(), (lsn, segment));
     }

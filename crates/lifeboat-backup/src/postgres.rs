@@ -13,21 +13,59 @@ use crate::pack::Index;
 use crate::progress::Progress;
 use crate::repo::{host, Repo, PARALLEL_IO};
 use crate::snapshot::{format_time, Node, NodeKind, PgInfo, Snapshot, SourceKind, Summary};
-use crate::writer::Writer;
+use crate::writer::{Saver, Writer};
 use futures::StreamExt;
-use std::io::{BufRead, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use lifeboat_postgres::{
+    format_lsn, parse_lsn, parse_wal_file_name, redact, wal_file_name, PgError, PgTool,
+};
+use std::io::Read;
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// The name of the base backup's tar stream inside its snapshot.
 const BASE_TAR: &str = "base.tar";
 
-fn pg_tool(name: &str) -> Result<PathBuf> {
-    let dir = lifeboat_postgres::LocalServer::find_bin_dir()
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    Ok(dir.join(name))
+/// How long connecting to a server may take, for a query or a tool.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a short request to a server may take (its facts, a restore point).
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one `pg_basebackup` may run before it is stopped and the backup fails.
+pub const BASE_BACKUP_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A PostgreSQL error in the backup subsystem, `what` was being done: the error names the
+/// server, this says what to do when there is something to do.
+pub(crate) fn pg_error(what: &str, e: PgError) -> Error {
+    let hint = match &e {
+        PgError::NoBinaries => return Error::Invalid(e.to_string()),
+        PgError::Connect {
+            sqlstate: Some(s), ..
+        } if s.starts_with("28") => {
+            "; check the user and password (the node's password-file or password-env, or the connection string)"
+        }
+        PgError::Connect { .. }
+        | PgError::Timeout {
+            what: "connecting", ..
+        } => "; check that the server runs and is reachable from here at that host and port",
+        PgError::Timeout { .. } => {
+            "; the server did not answer in time: check its load and the network, then retry"
+        }
+        _ => "",
+    };
+    Error::Command {
+        what: what.to_owned(),
+        detail: format!("{e}{hint}"),
+    }
+}
+
+/// Opens a connection for a short conversation, bounded by [`CONNECT_TIMEOUT`].
+pub(crate) async fn connect(what: &str, conninfo: &str) -> Result<tokio_postgres::Client> {
+    lifeboat_postgres::connect_str(conninfo, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| pg_error(what, e))
 }
 
 /// Takes a base backup of the server at `conninfo` (a libpq connection string; the password
@@ -41,72 +79,23 @@ pub async fn base_backup(
     let started = std::time::Instant::now();
     let time = OffsetDateTime::now_utc();
     let (system_identifier, segment_size) = server_facts(conninfo).await?;
+    let mut tool = PgTool::find("pg_basebackup").map_err(|e| pg_error("base backup", e))?;
+    // The password goes in its environment, never on its command line.
+    tool.conninfo("-d", conninfo, CONNECT_TIMEOUT).args([
+        "-D",
+        "-",
+        "-F",
+        "t",
+        "-X",
+        "fetch",
+        "-c",
+        "fast",
+        "-v",
+        "--no-manifest",
+    ]);
     let writer = Writer::start(repo, "postgres base backup").await?;
-    let saver = writer.saver();
-    let bar = progress.clone();
     progress.start("base backup", 0);
-    let program = pg_tool("pg_basebackup")?;
-    // The password goes in the child's environment, never on its command line.
-    let (conninfo_owned, password) = lifeboat_postgres::split_password(conninfo);
-    let streamed = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(&program)
-            .envs(password.map(|p| ("PGPASSWORD", p)))
-            .args([
-                "-d",
-                &conninfo_owned,
-                "-D",
-                "-",
-                "-F",
-                "t",
-                "-X",
-                "fetch",
-                "-c",
-                "fast",
-                "-v",
-            ])
-            .args(["--no-manifest"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Command {
-                what: format!("starting {}", program.display()),
-                detail: e.to_string(),
-            })?;
-        let stderr = child.stderr.take().expect("piped");
-        let log = std::thread::spawn(move || {
-            std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(|l| l.ok())
-                .collect::<Vec<String>>()
-        });
-        let stdout = child.stdout.take().expect("piped");
-        let sealers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let chunks = saver.save_stream(stdout, &|n| bar.inc(n), sealers);
-        let status = child.wait().map_err(|e| Error::Command {
-            what: "pg_basebackup".into(),
-            detail: e.to_string(),
-        })?;
-        let log = log.join().unwrap_or_default();
-        if !status.success() {
-            return Err(Error::Command {
-                what: format!("pg_basebackup of {}", redact(&conninfo_owned)),
-                detail: format!(
-                    "{status}: {}",
-                    log.iter()
-                        .rev()
-                        .take(3)
-                        .rev()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(" / ")
-                ),
-            });
-        }
-        Ok((chunks?, log))
-    })
-    .await
-    .expect("base backup task");
+    let streamed = stream_base_backup(tool, writer.saver(), progress, conninfo).await;
     progress.finish();
     let (chunks, log) = match streamed {
         Ok(r) => r,
@@ -132,7 +121,7 @@ pub async fn base_backup(
     let info = PgInfo {
         system_identifier,
         timeline,
-        start_wal: segment_name(timeline, start / segment_size, segment_size),
+        start_wal: wal_file_name(timeline, start / segment_size, segment_size),
         start_lsn,
         end_lsn,
         wal_segment_size: segment_size,
@@ -176,6 +165,73 @@ pub async fn base_backup(
     writer.commit(snapshot, vec![node]).await
 }
 
+/// Runs `pg_basebackup` (its tar stream on standard output) for at most
+/// [`BASE_BACKUP_TIMEOUT`], chunking the stream into `saver` on a blocking thread. Returns the
+/// chunks and its log (standard error, `-v`).
+async fn stream_base_backup(
+    mut tool: PgTool,
+    saver: Arc<Saver>,
+    progress: &Progress,
+    conninfo: &str,
+) -> Result<(Vec<Id>, Vec<String>)> {
+    let what = || format!("pg_basebackup of {}", redact(conninfo));
+    let mut running = tool
+        .spawn(Stdio::piped(), Stdio::piped())
+        .map_err(|e| pg_error("base backup", e))?;
+    let stderr = running.child().stderr.take().expect("piped");
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut stderr = tokio::io::BufReader::new(stderr);
+        let mut lines = Vec::new();
+        let mut line = Vec::new();
+        while stderr
+            .read_until(b'\n', &mut line)
+            .await
+            .is_ok_and(|n| n > 0)
+        {
+            lines.push(String::from_utf8_lossy(&line).trim_end().to_string());
+            line.clear();
+        }
+        lines
+    });
+    let stdout = running
+        .child()
+        .stdout
+        .take()
+        .expect("piped")
+        .into_owned_fd()
+        .map_err(|e| Error::Command {
+            what: what(),
+            detail: format!("reading its output: {e}"),
+        })?;
+    let bar = progress.clone();
+    let chunking = tokio::task::spawn_blocking(move || {
+        let sealers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        saver.save_stream(std::fs::File::from(stdout), &|n| bar.inc(n), sealers)
+    });
+    let status = running.wait(BASE_BACKUP_TIMEOUT).await;
+    // It ended or was killed: its output ends, and with it the chunking.
+    let chunks = chunking.await.expect("base backup task");
+    let log = log.await.unwrap_or_default();
+    let status = status.map_err(|e| pg_error(&what(), e))?;
+    if !status.success() {
+        return Err(Error::Command {
+            what: what(),
+            detail: format!(
+                "{status}: {}",
+                log.iter()
+                    .rev()
+                    .take(3)
+                    .rev()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            ),
+        });
+    }
+    Ok((chunks?, log))
+}
+
 fn saver_bytes(w: &Writer) -> u64 {
     w.saver().counters.bytes_read.load(Ordering::Relaxed)
 }
@@ -187,55 +243,24 @@ fn find_in_log(log: &[String], marker: &str) -> Option<String> {
     })
 }
 
-/// The connection string without its password.
-pub(crate) fn redact(conninfo: &str) -> String {
-    conninfo
-        .split_whitespace()
-        .filter(|kv| !kv.starts_with("password="))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
+/// The server's system identifier and WAL segment size, over a bounded connection.
 pub(crate) async fn server_facts(conninfo: &str) -> Result<(String, u64)> {
-    let fail = |e: tokio_postgres::Error| Error::Command {
-        what: format!("connecting to {}", redact(conninfo)),
-        detail: e.to_string(),
-    };
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .map_err(fail)?;
-    tokio::spawn(conn);
-    let row = client
-        .query_one(
+    let what = "reading the server's system identifier";
+    let client = connect(what, conninfo).await?;
+    let row = lifeboat_postgres::within(
+        "query",
+        &redact(conninfo),
+        QUERY_TIMEOUT,
+        client.query_one(
             "SELECT system_identifier::text, \
              (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') \
              FROM pg_control_system()",
             &[],
-        )
-        .await
-        .map_err(fail)?;
+        ),
+    )
+    .await
+    .map_err(|e| pg_error(what, e))?;
     Ok((row.get(0), row.get::<_, i64>(1) as u64))
-}
-
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
-
-fn segment_name(tli: u32, segno: u64, segment_size: u64) -> String {
-    let per_id = 0x1_0000_0000u64 / segment_size;
-    format!("{tli:08X}{:08X}{:08X}", segno / per_id, segno % per_id)
-}
-
-/// `(timeline, segment number)` of a WAL segment file name.
-pub(crate) fn parse_segment(name: &str, segment_size: u64) -> Option<(u32, u64)> {
-    if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let tli = u32::from_str_radix(&name[..8], 16).ok()?;
-    let log = u64::from_str_radix(&name[8..16], 16).ok()?;
-    let seg = u64::from_str_radix(&name[16..], 16).ok()?;
-    Some((tli, log * (0x1_0000_0000u64 / segment_size) + seg))
 }
 
 /// The stored WAL of one cluster: for each segment number (on any timeline), the highest
@@ -247,7 +272,7 @@ pub(crate) fn stored_segments<'a>(
     let mut out = std::collections::BTreeMap::new();
     for name in names {
         let name = name.strip_suffix(".partial").unwrap_or(name);
-        if let Some((tli, seg)) = parse_segment(name, segment_size) {
+        if let Some((tli, seg)) = parse_wal_file_name(name, segment_size) {
             let t = out.entry(seg).or_insert(tli);
             *t = (*t).max(tli);
         }
@@ -279,11 +304,11 @@ pub(crate) fn wal_gaps(
             .next_back()
             .or_else(|| stored.range(seg..).next())
             .map_or(1, |(_, t)| *t);
-        let first = segment_name(tli, start, segment_size);
+        let first = wal_file_name(tli, start, segment_size);
         gaps.push(if seg - 1 == start {
             first
         } else {
-            format!("{first} to {}", segment_name(tli, seg - 1, segment_size))
+            format!("{first} to {}", wal_file_name(tli, seg - 1, segment_size))
         });
     }
     gaps
@@ -355,7 +380,7 @@ pub async fn wal_store(
 /// only streamed so far is served from its `.partial` copy. `Ok(false)` when there is none.
 pub async fn wal_fetch(repo: &Repo, system: &str, name: &str, to: &Path) -> Result<bool> {
     let mut found = repo.storage.get(&wal_key(system, name)).await?;
-    if found.is_none() && parse_segment(name, 16 * 1024 * 1024).is_some() {
+    if found.is_none() && parse_wal_file_name(name, 16 * 1024 * 1024).is_some() {
         found = repo
             .storage
             .get(&wal_key(system, &format!("{name}.partial")))
@@ -466,7 +491,7 @@ pub async fn restore_pitr(
     // The WAL it needs.
     let prefix = format!("wal/{}/", pg.system_identifier);
     let listed = repo.storage.list(&prefix).await?;
-    let (_, start_seg) = parse_segment(&pg.start_wal, pg.wal_segment_size)
+    let (_, start_seg) = parse_wal_file_name(&pg.start_wal, pg.wal_segment_size)
         .ok_or_else(|| Error::corrupt(format!("bad start segment {}", pg.start_wal)))?;
     let mut segments: Vec<(u64, u32, String, String, OffsetDateTime)> = Vec::new();
     let mut wanted: Vec<(String, String)> = Vec::new();
@@ -480,7 +505,7 @@ pub async fn restore_pitr(
             Some(b) => (b, true),
             None => (name, false),
         };
-        let Some((tli, seg)) = parse_segment(base_name, pg.wal_segment_size) else {
+        let Some((tli, seg)) = parse_wal_file_name(base_name, pg.wal_segment_size) else {
             continue;
         };
         if tli < pg.timeline || seg < start_seg {
@@ -597,11 +622,7 @@ pub async fn restore_pitr(
     match &target {
         Target::Time(t) => settings.push(format!("recovery_target_time = '{}'", pg_time(*t))),
         Target::Name { name, .. } => settings.push(format!("recovery_target_name = '{name}'")),
-        Target::Lsn(l) => settings.push(format!(
-            "recovery_target_lsn = '{:X}/{:X}'",
-            l >> 32,
-            l & 0xffff_ffff
-        )),
+        Target::Lsn(l) => settings.push(format!("recovery_target_lsn = '{}'", format_lsn(*l))),
         Target::Latest => {}
     }
     settings.push("recovery_target_action = 'promote'".into());
@@ -642,7 +663,7 @@ fn partial_extends(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(Error::io(path)(e)),
     };
-    let valid = match parse_segment(name, segment_size) {
+    let valid = match parse_wal_file_name(name, segment_size) {
         Some((_, seg)) if seg == end_lsn / segment_size => (end_lsn % segment_size) as usize,
         _ => ours.len(),
     };
@@ -774,18 +795,18 @@ mod tests {
         assert_eq!(parse_lsn("0/3000028"), Some(0x300_0028));
         assert_eq!(parse_lsn("1/0"), Some(1 << 32));
         assert_eq!(
-            segment_name(1, 0x300_0028 / mb16, mb16),
+            wal_file_name(1, 0x300_0028 / mb16, mb16),
             "000000010000000000000003"
         );
         assert_eq!(
-            segment_name(2, (1u64 << 32) / mb16 + 5, mb16),
+            wal_file_name(2, (1u64 << 32) / mb16 + 5, mb16),
             "000000020000000100000005"
         );
         assert_eq!(
-            parse_segment("000000020000000100000005", mb16),
+            parse_wal_file_name("000000020000000100000005", mb16),
             Some((2, 256 + 5))
         );
-        assert_eq!(parse_segment("00000002.history", mb16), None);
+        assert_eq!(parse_wal_file_name("00000002.history", mb16), None);
         assert_eq!(redact("host=a password=secret user=b"), "host=a user=b");
         let t = time::macros::datetime!(2026-11-23 03:47:05.133354759 +01:00);
         assert_eq!(pg_time(t), "2026-11-23 02:47:05.133354+00");

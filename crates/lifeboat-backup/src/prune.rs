@@ -8,13 +8,13 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
 use crate::pack::{pack_key, PackBuilder, PackEntry};
-use crate::postgres::parse_segment;
 use crate::repo::{Repo, PARALLEL_IO};
 use crate::restorer::for_each_node;
 use crate::retention;
 use crate::snapshot::format_time;
 use futures::{StreamExt, TryStreamExt};
 use lifeboat_config::Retention;
+use lifeboat_postgres::parse_wal_file_name;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -174,7 +174,7 @@ async fn prune_locked(
         let Some(pg) = s.postgres.as_ref().filter(|_| *k) else {
             continue;
         };
-        if let Some((_, seg)) = parse_segment(&pg.start_wal, pg.wal_segment_size) {
+        if let Some((_, seg)) = parse_wal_file_name(&pg.start_wal, pg.wal_segment_size) {
             let f = floors
                 .entry(pg.system_identifier.as_str())
                 .or_insert((seg, pg.wal_segment_size));
@@ -192,7 +192,7 @@ async fn prune_locked(
             };
             let segment = name.strip_suffix(".partial").unwrap_or(name);
             floors.get(system).is_some_and(|(floor, size)| {
-                parse_segment(segment, *size).is_some_and(|(_, seg)| seg < *floor)
+                parse_wal_file_name(segment, *size).is_some_and(|(_, seg)| seg < *floor)
             })
         })
         .map(|l| l.key)

@@ -4,7 +4,7 @@
 //! (`tests/<hash>`, sealed), so whoever reads the repository sees when a restore last worked.
 
 use crate::error::{Error, Result};
-use crate::postgres::{restore_pitr, Pick, Target};
+use crate::postgres::{pg_error, restore_pitr, Pick, Target, CONNECT_TIMEOUT};
 use crate::progress::Progress;
 use crate::repo::Repo;
 use lifeboat_postgres::{ConnInfo, LocalServer, StopMode};
@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
+
+/// How long the test's query may run on the restored server.
+pub const QUERY_LIMIT: Duration = Duration::from_secs(10 * 60);
 
 /// Test records kept per source; prune deletes older ones.
 pub const RECORDS_KEPT: usize = 100;
@@ -124,18 +127,21 @@ async fn query_restored(dir: &Path, spec: &TestSpec<'_>, record: &mut TestRecord
         ..spec.login.clone()
     };
     let rows = async {
-        let (client, conn) = tokio_postgres::connect(
+        // The connection ends with the client, at the end of this block.
+        let client = lifeboat_postgres::connect_str(
             &login.to_libpq(Some("lifeboat-restore-test")),
-            tokio_postgres::NoTls,
+            CONNECT_TIMEOUT,
         )
         .await
-        .map_err(|e| fail("connecting", e.to_string()))?;
-        // Ends with the client, at the end of this block.
-        tokio::spawn(conn);
-        let rows = client
-            .simple_query(spec.query)
-            .await
-            .map_err(|e| fail("query", e.to_string()))?;
+        .map_err(|e| pg_error("restore test: connecting", e))?;
+        let rows = lifeboat_postgres::within(
+            "the query",
+            &login.to_string(),
+            QUERY_LIMIT,
+            client.simple_query(spec.query),
+        )
+        .await
+        .map_err(|e| pg_error("restore test", e))?;
         let n = rows
             .iter()
             .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))

@@ -10,8 +10,9 @@
 //! new one, which serves the rest of the old timeline and then the new one.
 
 use crate::error::{Error, Result};
-use crate::postgres::{server_facts, wal_key, wal_store};
+use crate::postgres::{pg_error, server_facts, wal_key, wal_store, CONNECT_TIMEOUT, QUERY_TIMEOUT};
 use crate::repo::Repo;
+use lifeboat_postgres::{LocalServer, PgError, PgTool, RunningTool};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,10 +90,7 @@ impl WalStreamer {
                     _ = tick.tick() => {}
                 }
                 // The repository is level with the server only while pg_receivewal runs.
-                let exited = match child.as_mut() {
-                    Some(c) => c.try_wait().ok().flatten().is_some(),
-                    None => true,
-                };
+                let exited = child.as_mut().is_none_or(RunningTool::has_exited);
                 if let Err(e) = self.upload(&conninfo, &mut uploaded, !exited).await {
                     self.note_error(&e);
                 }
@@ -106,15 +104,8 @@ impl WalStreamer {
                     break;
                 }
             }
-            if let Some(mut c) = child {
-                if let Some(pid) = c.id() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
-                let _ = c.kill().await;
+            if let Some(c) = child {
+                c.stop(Duration::from_secs(10)).await;
             }
             if let Err(e) = self.upload(&conninfo, &mut uploaded, false).await {
                 self.note_error(&e);
@@ -133,53 +124,39 @@ impl WalStreamer {
         *self.status.last_error.lock().expect("status") = Some(e.to_string());
     }
 
-    async fn start(&self, conninfo: &str) -> Result<tokio::process::Child> {
+    async fn start(&self, conninfo: &str) -> Result<RunningTool> {
         std::fs::create_dir_all(&self.spool).map_err(Error::io(&self.spool))?;
-        let bin = lifeboat_postgres::LocalServer::find_bin_dir()
-            .map_err(|e| Error::Invalid(e.to_string()))?
-            .join("pg_receivewal");
+        let bin = LocalServer::find_bin_dir().map_err(|e| pg_error("continuous WAL", e))?;
         // The password goes in the children's environment, never on their command lines.
-        let (public, password) = lifeboat_postgres::split_password(conninfo);
-        let conninfo = public.as_str();
-        let password_env = password.as_ref().map(|p| ("PGPASSWORD", p.as_str()));
-        let slot = tokio::process::Command::new(&bin)
-            .envs(password_env)
-            .args([
-                "--create-slot",
-                "--if-not-exists",
-                "-S",
-                SLOT,
-                "-d",
-                conninfo,
-            ])
-            .output()
+        let tool = || {
+            let mut t = PgTool::new(&bin, "pg_receivewal", None);
+            t.args(["-S", SLOT])
+                .conninfo("-d", conninfo, CONNECT_TIMEOUT);
+            t
+        };
+        tool()
+            .label("pg_receivewal --create-slot")
+            .args(["--create-slot", "--if-not-exists"])
+            .output(CONNECT_TIMEOUT + QUERY_TIMEOUT)
             .await
-            .map_err(|e| Error::Command {
-                what: "pg_receivewal --create-slot".into(),
-                detail: e.to_string(),
+            .map_err(|e| match e {
+                PgError::Command {
+                    program, stderr, ..
+                } if !stderr.is_empty() => Error::Command {
+                    what: program,
+                    detail: stderr,
+                },
+                e => pg_error("pg_receivewal --create-slot", e),
             })?;
-        if !slot.status.success() {
-            return Err(Error::Command {
-                what: "pg_receivewal --create-slot".into(),
-                detail: String::from_utf8_lossy(&slot.stderr).trim().to_string(),
-            });
-        }
         self.prepare_spool()?;
         let log = std::fs::File::create(self.spool.with_extension("log"))
             .map_err(Error::io(&self.spool))?;
-        tokio::process::Command::new(&bin)
-            .envs(password_env)
+        tool()
             .arg("-D")
             .arg(&self.spool)
-            .args(["-S", SLOT, "-d", conninfo, "--synchronous", "--no-loop"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::Command {
-                what: format!("starting {}", bin.display()),
-                detail: e.to_string(),
-            })
+            .args(["--synchronous", "--no-loop"])
+            .spawn(std::process::Stdio::null(), log.into())
+            .map_err(|e| pg_error("continuous WAL", e))
     }
 
     /// Sets where pg_receivewal resumes: it starts at the beginning of the newest `.partial`
