@@ -2,7 +2,7 @@
 //! recorded step by step in the incident's timeline. A step that cannot tell what happened
 //! ends as `unknown`; the plan is then kept in flight and resumed, never guessed.
 
-use crate::providers::{bounded, Answer, Budgets, Datastore, TrafficSwitch};
+use crate::providers::{bounded, Answer, Datastore, TrafficSwitch};
 use crate::service::{Node, Service};
 use lifeboat_core::plan::FenceMode;
 use lifeboat_core::{
@@ -25,16 +25,7 @@ pub fn now() -> Millis {
     )
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
-    pub probe: Duration,
-    pub promote: Duration,
-    pub fence: Duration,
-    /// How long a background fence keeps retrying.
-    pub fence_retry_for: Duration,
-    pub catch_up: Duration,
-    pub rejoin: Duration,
-}
+pub use crate::providers::Timeouts;
 
 /// What a plan run achieved.
 #[derive(Clone, Debug)]
@@ -58,21 +49,6 @@ pub struct Context {
     pub rto_target_ms: Option<u64>,
     pub rpo_target_ms: Option<u64>,
 }
-
-impl Timeouts {
-    fn budgets(&self) -> Budgets {
-        Budgets {
-            probe: self.probe,
-            promote: self.promote,
-            fence: self.fence,
-            catch_up: self.catch_up,
-            rejoin: self.rejoin,
-        }
-    }
-}
-
-/// A step's answer; `Unreached` is recorded as failed.
-type StepResult = Answer;
 
 pub struct Executor {
     nodes: BTreeMap<String, Node>,
@@ -280,11 +256,11 @@ impl Executor {
                 .await;
             let ended = now();
             let (outcome, detail) = match &result {
-                StepResult::Ok(d) => (Outcome::Ok, d.clone()),
-                StepResult::Failed(d) | StepResult::Unreached(d) => (Outcome::Failed, d.clone()),
-                StepResult::Unknown(d) => (Outcome::Unknown, d.clone()),
+                Answer::Ok(d) => (Outcome::Ok, d.clone()),
+                Answer::Failed(d) | Answer::Unreached(d) => (Outcome::Failed, d.clone()),
+                Answer::Unknown(d) => (Outcome::Unknown, d.clone()),
             };
-            if !matches!(result, StepResult::Unreached(_)) {
+            if !matches!(result, Answer::Unreached(_)) {
                 touched.push(step.clone());
             }
             info!(
@@ -298,7 +274,7 @@ impl Executor {
                 let _ = self.store.step_finished(row, ended, outcome, &detail);
             }
             match result {
-                StepResult::Ok(_) => {
+                Answer::Ok(_) => {
                     match step {
                         Step::Promote { .. } => figures.promote_ms = Some(ended.since(fault)),
                         Step::CheckWrite { .. } => {
@@ -312,7 +288,7 @@ impl Executor {
                         let _ = self.store.update_figures(i, &figures);
                     }
                 }
-                StepResult::Failed(d) | StepResult::Unknown(d) | StepResult::Unreached(d) => {
+                Answer::Failed(d) | Answer::Unknown(d) | Answer::Unreached(d) => {
                     let problem = format!("{} {}: {d}", step.name(), step.node());
                     // Never roll back a promotion that may have happened: keep the plan in
                     // flight so the next loop carries it forward.
@@ -403,13 +379,13 @@ impl Executor {
                     .ok()
             });
             let r = self.step(plan, &undo, state, incident).await;
-            if !matches!(r, StepResult::Unreached(_)) {
+            if !matches!(r, Answer::Unreached(_)) {
                 touched.push(undo.clone());
             }
             let (outcome, detail) = match r {
-                StepResult::Ok(d) => (Outcome::Compensated, d),
-                StepResult::Failed(d) | StepResult::Unreached(d) => (Outcome::Failed, d),
-                StepResult::Unknown(d) => (Outcome::Unknown, d),
+                Answer::Ok(d) => (Outcome::Compensated, d),
+                Answer::Failed(d) | Answer::Unreached(d) => (Outcome::Failed, d),
+                Answer::Unknown(d) => (Outcome::Unknown, d),
             };
             info!(
                 step = undo.name(),
@@ -423,10 +399,10 @@ impl Executor {
         }
     }
 
-    fn node(&self, name: &str) -> Result<&Node, StepResult> {
+    fn node(&self, name: &str) -> Result<&Node, Answer> {
         self.nodes
             .get(name)
-            .ok_or_else(|| StepResult::Failed(format!("node {name} is not in the config")))
+            .ok_or_else(|| Answer::Failed(format!("node {name} is not in the config")))
     }
 
     async fn step(
@@ -435,7 +411,7 @@ impl Executor {
         step: &Step,
         state: &mut ControllerState,
         incident: Option<i64>,
-    ) -> StepResult {
+    ) -> Answer {
         if step.may_change_server() {
             self.stop_background_fence(step.node());
         }
@@ -444,9 +420,9 @@ impl Executor {
             Ok(r) | Err(r) => r,
         };
         let outcome = match &r {
-            StepResult::Ok(_) => StepOutcome::Ok,
-            StepResult::Failed(_) | StepResult::Unreached(_) => StepOutcome::Failed,
-            StepResult::Unknown(_) => StepOutcome::Unknown,
+            Answer::Ok(_) => StepOutcome::Ok,
+            Answer::Failed(_) | Answer::Unreached(_) => StepOutcome::Failed,
+            Answer::Unknown(_) => StepOutcome::Unknown,
         };
         self.transition(state, after_step(state, step, outcome));
         r
@@ -465,15 +441,15 @@ impl Executor {
         plan: &Plan,
         step: &Step,
         incident: Option<i64>,
-    ) -> Result<StepResult, StepResult> {
-        let (t, b) = (self.t, self.t.budgets());
+    ) -> Result<Answer, Answer> {
+        let t = self.t;
         let ds = &*self.datastore;
         Ok(match step {
             Step::BlockEndpoint { node } => self.traffic.block(node).await,
             Step::Stonith { node } => {
                 let n = self.node(node)?;
                 let Some(cmd) = &n.config.fence_command else {
-                    return Ok(StepResult::Ok("no fence command".into()));
+                    return Ok(Answer::Ok("no fence command".into()));
                 };
                 run_command(cmd, t.fence).await
             }
@@ -484,34 +460,34 @@ impl Executor {
             } => {
                 self.node(node)?;
                 if *required {
-                    bounded(t.fence, ds.fence(node, *mode, b)).await
+                    bounded(t.fence, ds.fence(node, *mode, t)).await
                 } else {
                     self.fence_in_background(node, *mode, incident);
-                    StepResult::Ok(format!(
+                    Answer::Ok(format!(
                         "{node} is lost and the endpoint no longer routes to it: fencing it in the background for up to {:?}, without delaying the promotion",
                         t.fence_retry_for
                     ))
                 }
             }
             Step::WaitCatchUp { node, from } => {
-                bounded(t.catch_up, ds.catch_up(node, from, b)).await
+                bounded(t.catch_up, ds.catch_up(node, from, t)).await
             }
-            Step::Promote { node } => bounded(t.promote, ds.promote(node, b)).await,
+            Step::Promote { node } => bounded(t.promote, ds.promote(node, t)).await,
             Step::SetSyncStandbys { node, names } => {
-                bounded(t.fence, ds.set_sync(node, names, b)).await
+                bounded(t.fence, ds.set_sync(node, names, t)).await
             }
             Step::RouteEndpoint { node, epoch } => {
                 let n = self.node(node)?;
                 self.traffic.route(node, n.addr, *epoch).await
             }
             Step::CheckWrite { node } => {
-                bounded(t.promote, ds.write_check(node, plan.epoch, b)).await
+                bounded(t.promote, ds.write_check(node, plan.epoch, t)).await
             }
             Step::MarkNeedsRejoin { node } => {
-                StepResult::Ok(format!("{node} must rejoin before it serves again"))
+                Answer::Ok(format!("{node} must rejoin before it serves again"))
             }
-            Step::Rejoin { node, source } => bounded(t.rejoin, ds.rejoin(node, source, b)).await,
-            Step::Unfence { node } => bounded(t.rejoin, ds.unfence(node, b)).await,
+            Step::Rejoin { node, source } => bounded(t.rejoin, ds.rejoin(node, source, t)).await,
+            Step::Unfence { node } => bounded(t.rejoin, ds.unfence(node, t)).await,
         })
     }
 }
@@ -531,12 +507,12 @@ async fn background_fence(
     loop {
         attempts += 1;
         let r = tokio::select! {
-            r = bounded(t.fence, ds.fence(node, mode, t.budgets())) => r,
+            r = bounded(t.fence, ds.fence(node, mode, t)) => r,
             () = cancel.cancelled() => break,
         };
         match r {
-            StepResult::Ok(d) => return (Outcome::Ok, format!("{d} at attempt {attempts}")),
-            StepResult::Failed(d) | StepResult::Unknown(d) | StepResult::Unreached(d) => last = d,
+            Answer::Ok(d) => return (Outcome::Ok, format!("{d} at attempt {attempts}")),
+            Answer::Failed(d) | Answer::Unknown(d) | Answer::Unreached(d) => last = d,
         }
         if tokio::time::Instant::now() >= deadline {
             return (
@@ -575,16 +551,16 @@ fn is_in_flight(state: &ControllerState, plan: &Plan) -> bool {
 }
 
 /// Runs a fence (STONITH) command, argv without a shell, bounded in time.
-async fn run_command(argv: &[String], timeout: Duration) -> StepResult {
+async fn run_command(argv: &[String], timeout: Duration) -> Answer {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .kill_on_drop(true)
         .stdin(std::process::Stdio::null());
     match tokio::time::timeout(timeout, cmd.output()).await {
-        Err(_) => StepResult::Unknown(format!("{} did not finish within {timeout:?}", argv[0])),
-        Ok(Err(e)) => StepResult::Failed(format!("cannot run {}: {e}", argv[0])),
-        Ok(Ok(out)) if out.status.success() => StepResult::Ok(format!("{} succeeded", argv[0])),
-        Ok(Ok(out)) => StepResult::Failed(format!(
+        Err(_) => Answer::Unknown(format!("{} did not finish within {timeout:?}", argv[0])),
+        Ok(Err(e)) => Answer::Failed(format!("cannot run {}: {e}", argv[0])),
+        Ok(Ok(out)) if out.status.success() => Answer::Ok(format!("{} succeeded", argv[0])),
+        Ok(Ok(out)) => Answer::Failed(format!(
             "{} exited with {}: {}",
             argv[0],
             out.status,

@@ -278,3 +278,42 @@ regions = {}
         "{report}"
     );
 }
+
+#[test]
+fn a_backup_that_follows_the_primary_needs_exactly_one_postgresql_service() {
+    let service = |name: &str, port: u16| {
+        format!(
+            r#"
+[services.{name}]
+kind = "postgres"
+tier = "gold"
+endpoint = {{ listen = "127.0.0.1:{port}" }}
+[services.{name}.regions.a]
+role = "primary"
+nodes = [{{ name = "{name}-a", host = "127.0.0.1", port = 5432 }}]
+[services.{name}.regions.b]
+role = "standby"
+nodes = [{{ name = "{name}-b", host = "127.0.0.1", port = 5433 }}]
+"#
+        )
+    };
+    let report = report_of(&format!(
+        r#"[tiers.gold]
+rto = "30s"
+rpo = "1s"
+{}{}
+[backup.repositories.main]
+location = "/srv/backups"
+password-env = "LIFEBOAT_PASSWORD"
+
+[backup.sources.db]
+follow-primary = true
+"#,
+        service("orders", 6432),
+        service("billing", 6433)
+    ));
+    assert!(
+        report.contains("error: backup.sources.db.follow-primary (line 32): follows the primary of the one PostgreSQL service, and there are 2 (billing, orders); name a node with postgres = \"NODE\""),
+        "{report}"
+    );
+}

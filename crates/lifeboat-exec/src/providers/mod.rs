@@ -46,15 +46,28 @@ impl Answer {
     }
 }
 
-/// Time budgets of the datastore calls.
+/// Time budgets of a service's steps (from its `probe` and `failover` settings).
 #[derive(Clone, Copy, Debug)]
-pub struct Budgets {
+pub struct Timeouts {
     pub probe: Duration,
     pub promote: Duration,
     pub fence: Duration,
+    /// How long a background fence keeps retrying.
+    pub fence_retry_for: Duration,
     pub catch_up: Duration,
     pub rejoin: Duration,
 }
+
+/// `$self.node($name)`, or return its `Answer` (an unknown node).
+macro_rules! node_or_return {
+    ($self:ident, $name:expr) => {
+        match $self.node($name) {
+            Ok(n) => n,
+            Err(a) => return a,
+        }
+    };
+}
+pub(crate) use node_or_return;
 
 /// One engine's way to observe and change the servers of a service. Nodes are named as in
 /// the config; the provider holds how to reach each.
@@ -64,19 +77,19 @@ pub trait Datastore: Send + Sync {
     /// password, a server of another engine, no answer).
     async fn probe(&self, node: &str, timeout: Duration) -> Result<Facts, String>;
     /// Make `node` refuse writes and end its client sessions, as `mode` says.
-    async fn fence(&self, node: &str, mode: FenceMode, b: Budgets) -> Answer;
+    async fn fence(&self, node: &str, mode: FenceMode, t: Timeouts) -> Answer;
     /// Undo a fence: the node takes writes again.
-    async fn unfence(&self, node: &str, b: Budgets) -> Answer;
+    async fn unfence(&self, node: &str, t: Timeouts) -> Answer;
     /// Make the replica `node` a primary.
-    async fn promote(&self, node: &str, b: Budgets) -> Answer;
+    async fn promote(&self, node: &str, t: Timeouts) -> Answer;
     /// Wait until `node` has applied everything the fenced `from` wrote.
-    async fn catch_up(&self, node: &str, from: &str, b: Budgets) -> Answer;
+    async fn catch_up(&self, node: &str, from: &str, t: Timeouts) -> Answer;
     /// Make writes on the primary `node` wait for the first connected of `names` (none: no wait).
-    async fn set_sync(&self, node: &str, names: &[String], b: Budgets) -> Answer;
+    async fn set_sync(&self, node: &str, names: &[String], t: Timeouts) -> Answer;
     /// A real write on `node`, tagged with `epoch`.
-    async fn write_check(&self, node: &str, epoch: u64, b: Budgets) -> Answer;
+    async fn write_check(&self, node: &str, epoch: u64, t: Timeouts) -> Answer;
     /// Make the former primary `node` a replica of `source`.
-    async fn rejoin(&self, node: &str, source: &str, b: Budgets) -> Answer;
+    async fn rejoin(&self, node: &str, source: &str, t: Timeouts) -> Answer;
     /// Lifeboat can make `node` a replica again by itself (a rejoin, also at the end of a
     /// switchover).
     fn can_rejoin(&self, node: &str) -> bool;

@@ -2,7 +2,7 @@
 //! (and a stop under local control); promoted with `pg_promote()`; synchronous replication
 //! through `synchronous_standby_names`; rejoined with `pg_rewind` or a fresh clone.
 
-use super::{ping_line, poll, Answer, Budgets, Datastore, PingLine};
+use super::{node_or_return, ping_line, poll, Answer, Datastore, PingLine, Timeouts};
 use crate::service::Node;
 use async_trait::async_trait;
 use lifeboat_core::plan::FenceMode;
@@ -59,15 +59,6 @@ impl Postgres {
     }
 }
 
-macro_rules! node {
-    ($self:ident, $name:expr) => {
-        match $self.node($name) {
-            Ok(n) => n,
-            Err(a) => return a,
-        }
-    };
-}
-
 #[async_trait]
 impl Datastore for Postgres {
     async fn probe(&self, node: &str, timeout: Duration) -> Result<Facts, String> {
@@ -106,9 +97,9 @@ impl Datastore for Postgres {
     /// someone starts it again), or after a second if the SQL fence hangs (a stop by signal
     /// does not need the network). A switchover's old primary keeps running, read-only, so
     /// the target can catch up with its last WAL.
-    async fn fence(&self, node: &str, mode: FenceMode, b: Budgets) -> Answer {
-        let n = node!(self, node);
-        let timeout = b.fence;
+    async fn fence(&self, node: &str, mode: FenceMode, t: Timeouts) -> Answer {
+        let n = node_or_return!(self, node);
+        let timeout = t.fence;
         let stop = async {
             match (&n.control, mode) {
                 (Some(ctl), FenceMode::Stop) => Some(ctl.stop(pg::StopMode::Fast, timeout).await),
@@ -135,27 +126,27 @@ impl Datastore for Postgres {
         }
     }
 
-    async fn unfence(&self, node: &str, b: Budgets) -> Answer {
-        let n = node!(self, node);
+    async fn unfence(&self, node: &str, t: Timeouts) -> Answer {
+        let n = node_or_return!(self, node);
         if let Some(ctl) = &n.control {
             if !ctl.is_running().await {
-                if let Err(e) = ctl.start(b.rejoin).await {
+                if let Err(e) = ctl.start(t.rejoin).await {
                     return Answer::Failed(format!("restart failed: {e}"));
                 }
             }
         }
-        match pg::unfence_read_only(&n.conn, b.fence).await {
+        match pg::unfence_read_only(&n.conn, t.fence).await {
             Ok(()) => Answer::Ok(format!("{node} writable again")),
             Err(e) => Answer::Failed(e.to_string()),
         }
     }
 
-    async fn promote(&self, node: &str, b: Budgets) -> Answer {
-        let n = node!(self, node);
-        match pg::promote(&n.conn, b.promote).await {
+    async fn promote(&self, node: &str, t: Timeouts) -> Answer {
+        let n = node_or_return!(self, node);
+        match pg::promote(&n.conn, t.promote).await {
             Ok(()) => {
                 // A read-only fence may have come along in a base backup.
-                let _ = pg::unfence_read_only(&n.conn, b.fence).await;
+                let _ = pg::unfence_read_only(&n.conn, t.fence).await;
                 Answer::Ok(format!("{node} promoted"))
             }
             Err(e) if e.is_retryable() => Answer::Unknown(e.to_string()),
@@ -163,16 +154,16 @@ impl Datastore for Postgres {
         }
     }
 
-    async fn catch_up(&self, node: &str, from: &str, b: Budgets) -> Answer {
-        let (target, source) = (node!(self, node), node!(self, from));
-        let goal = match pg::probe(&source.conn, b.probe).await {
+    async fn catch_up(&self, node: &str, from: &str, t: Timeouts) -> Answer {
+        let (target, source) = (node_or_return!(self, node), node_or_return!(self, from));
+        let goal = match pg::probe(&source.conn, t.probe).await {
             Ok(o) => o.current_lsn,
             Err(e) => {
                 return Answer::Failed(format!("cannot read the last WAL position of {from}: {e}"))
             }
         };
-        let reached = poll(b.catch_up, Duration::from_millis(20), || async move {
-            let replayed = pg::probe(&target.conn, b.probe)
+        let reached = poll(t.catch_up, Duration::from_millis(20), || async move {
+            let replayed = pg::probe(&target.conn, t.probe)
                 .await
                 .ok()
                 .and_then(|o| o.replay_lsn);
@@ -184,16 +175,16 @@ impl Datastore for Postgres {
             Err(seen) => Answer::Failed(format!(
                 "{node} did not reach {} within {:?} (replayed {})",
                 pg::format_lsn(goal),
-                b.catch_up,
+                t.catch_up,
                 seen.map(pg::format_lsn).unwrap_or_else(|| "unknown".into())
             )),
         }
     }
 
-    async fn set_sync(&self, node: &str, names: &[String], b: Budgets) -> Answer {
-        let n = node!(self, node);
+    async fn set_sync(&self, node: &str, names: &[String], t: Timeouts) -> Answer {
+        let n = node_or_return!(self, node);
         let value = sync_names_value(names);
-        match pg::set_synchronous_standby_names(&n.conn, &value, b.fence).await {
+        match pg::set_synchronous_standby_names(&n.conn, &value, t.fence).await {
             Ok(()) => Answer::Ok(format!("synchronous_standby_names = '{value}'")),
             // Only the connection before the change reports a connect error.
             Err(e @ pg::PgError::Connect { .. }) => Answer::Unreached(e.to_string()),
@@ -201,34 +192,34 @@ impl Datastore for Postgres {
         }
     }
 
-    async fn write_check(&self, node: &str, epoch: u64, b: Budgets) -> Answer {
-        let n = node!(self, node);
-        let ok = poll(b.promote, Duration::from_millis(20), || async move {
-            pg::write_heartbeat(&n.conn, epoch, b.probe).await
+    async fn write_check(&self, node: &str, epoch: u64, t: Timeouts) -> Answer {
+        let n = node_or_return!(self, node);
+        let ok = poll(t.promote, Duration::from_millis(20), || async move {
+            pg::write_heartbeat(&n.conn, epoch, t.probe).await
         })
         .await;
         match ok {
             Ok(()) => Answer::Ok(format!("heartbeat committed on {node} (epoch {epoch})")),
             Err(last) => {
-                Answer::Unknown(format!("no write succeeded within {:?}: {last}", b.promote))
+                Answer::Unknown(format!("no write succeeded within {:?}: {last}", t.promote))
             }
         }
     }
 
-    async fn rejoin(&self, node: &str, source: &str, b: Budgets) -> Answer {
-        let (n, src) = (node!(self, node), node!(self, source));
+    async fn rejoin(&self, node: &str, source: &str, t: Timeouts) -> Answer {
+        let (n, src) = (node_or_return!(self, node), node_or_return!(self, source));
         let Some(ctl) = &n.control else {
             return Answer::Failed(format!("{node} has no [control] section"));
         };
-        let t = b.rejoin;
-        if let Err(e) = ctl.stop(pg::StopMode::Fast, t).await {
+        let limit = t.rejoin;
+        if let Err(e) = ctl.stop(pg::StopMode::Fast, limit).await {
             return Answer::Failed(format!("stopping {node}: {e}"));
         }
-        let how = match ctl.rewind_from(&src.conn, node, t).await {
+        let how = match ctl.rewind_from(&src.conn, node, limit).await {
             Ok(()) => "rewound".to_owned(),
             Err(rewind) => {
                 warn!(node, error = %rewind, "pg_rewind failed; cloning afresh");
-                if let Err(e) = ctl.clone_from(&src.conn, node, t).await {
+                if let Err(e) = ctl.clone_from(&src.conn, node, limit).await {
                     return Answer::Failed(format!(
                         "pg_rewind failed ({rewind}) and so did a fresh clone: {e}"
                     ));
@@ -236,11 +227,11 @@ impl Datastore for Postgres {
                 format!("re-cloned (pg_rewind: {rewind})")
             }
         };
-        if let Err(e) = ctl.start(t).await {
+        if let Err(e) = ctl.start(limit).await {
             return Answer::Failed(format!("{how}, but starting {node} failed: {e}"));
         }
-        let streaming = poll(t, Duration::from_millis(100), || async move {
-            match pg::probe(&n.conn, b.probe).await {
+        let streaming = poll(limit, Duration::from_millis(100), || async move {
+            match pg::probe(&n.conn, t.probe).await {
                 Ok(o) if o.in_recovery && o.wal_receiver_streaming => Ok(()),
                 _ => Err(()),
             }
@@ -249,7 +240,7 @@ impl Datastore for Postgres {
         match streaming {
             Ok(()) => Answer::Ok(format!("{node} {how}, streaming from {source}")),
             Err(()) => Answer::Unknown(format!(
-                "{node} {how} and started, but not streaming within {t:?}"
+                "{node} {how} and started, but not streaming within {limit:?}"
             )),
         }
     }

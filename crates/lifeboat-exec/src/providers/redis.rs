@@ -7,7 +7,7 @@
 //! Positions are replication offsets, which carry on across a promotion, so they compare
 //! across the nodes of a service.
 
-use super::{ping_line, poll, Answer, Budgets, Datastore, PingLine};
+use super::{node_or_return, ping_line, poll, Answer, Datastore, PingLine, Timeouts};
 use crate::service::Node;
 use async_trait::async_trait;
 use lifeboat_core::plan::FenceMode;
@@ -20,6 +20,9 @@ use std::time::Duration;
 
 /// `min-replicas-to-write` of a fenced primary: no set of replicas can satisfy it.
 const FENCED: u32 = 1_000_000;
+
+/// How long a promotion waits for another node to say it is a replica to re-point.
+const REPOINT: Duration = Duration::from_millis(200);
 
 struct RedisNode {
     host: String,
@@ -236,15 +239,6 @@ fn describe(name: &str, addr: SocketAddr, e: &redis::RedisError) -> String {
     format!("{name} at {addr}: {e}")
 }
 
-macro_rules! node {
-    ($self:ident, $name:expr) => {
-        match $self.node($name) {
-            Ok(n) => n,
-            Err(a) => return a,
-        }
-    };
-}
-
 /// Whether the server at `addr` speaks RESP: `Some(why not)` when it closes the connection
 /// on a `PING` or answers it otherwise; `None` when it is Redis or cannot be told.
 async fn not_redis(addr: SocketAddr, timeout: Duration) -> Option<String> {
@@ -311,15 +305,15 @@ impl Datastore for Redis {
     }
 
     /// A Redis server cannot be stopped from here: either mode makes it refuse writes.
-    async fn fence(&self, node: &str, _mode: FenceMode, b: Budgets) -> Answer {
-        node!(self, node);
-        let a = self.set_min_replicas(node, FENCED, b.fence).await;
+    async fn fence(&self, node: &str, _mode: FenceMode, t: Timeouts) -> Answer {
+        node_or_return!(self, node);
+        let a = self.set_min_replicas(node, FENCED, t.fence).await;
         if !a.is_ok() {
             return a;
         }
         let mut kill = redis::cmd("CLIENT");
         kill.arg("KILL").arg("TYPE").arg("normal");
-        let ended = self.run(node, &kill, b.fence).await;
+        let ended = self.run(node, &kill, t.fence).await;
         Answer::Ok(format!(
             "{node} refuses writes (min-replicas-to-write {FENCED}){}",
             if ended.is_ok() {
@@ -330,37 +324,47 @@ impl Datastore for Redis {
         ))
     }
 
-    async fn unfence(&self, node: &str, b: Budgets) -> Answer {
-        node!(self, node);
-        match self.set_min_replicas(node, 0, b.fence).await {
+    async fn unfence(&self, node: &str, t: Timeouts) -> Answer {
+        node_or_return!(self, node);
+        match self.set_min_replicas(node, 0, t.fence).await {
             Answer::Ok(_) => Answer::Ok(format!("{node} takes writes again")),
             a => a,
         }
     }
 
-    async fn promote(&self, node: &str, b: Budgets) -> Answer {
-        node!(self, node);
+    async fn promote(&self, node: &str, t: Timeouts) -> Answer {
+        node_or_return!(self, node);
         let mut cmd = redis::cmd("REPLICAOF");
         cmd.arg("NO").arg("ONE");
-        match self.run(node, &cmd, b.promote).await {
+        match self.run(node, &cmd, t.promote).await {
             Answer::Ok(_) => {}
             Answer::Unreached(d) => return Answer::Unreached(d),
             Answer::Failed(d) => return Answer::Failed(d),
             Answer::Unknown(d) => return Answer::Unknown(d),
         }
         // A fence may have come along from the old primary's settings.
-        let _ = self.set_min_replicas(node, 0, b.fence).await;
-        let mut repointed = Vec::new();
-        for other in self.nodes.keys().filter(|o| *o != node) {
-            let is_replica = matches!(self.info(other, b.probe).await, Ok(i) if !i.is_master());
-            if is_replica {
-                let a = self.replicate(other, node, b.fence).await;
-                repointed.push(match a {
-                    Answer::Ok(_) => other.clone(),
-                    a => format!("{other} (not re-pointed: {})", a.detail()),
-                });
+        let _ = self.set_min_replicas(node, 0, t.fence).await;
+        // The other replicas follow the new primary. All at once, and a node that does not
+        // answer within REPOINT (a lost old primary) is left alone: it must not delay the
+        // promotion's end, and the old primary is rejoined on purpose, not here.
+        let repoint = |other: String| async move {
+            let quick = REPOINT.min(t.probe);
+            match self.info(&other, quick).await {
+                Ok(i) if !i.is_master() => {
+                    Some(match self.replicate(&other, node, t.fence).await {
+                        Answer::Ok(_) => other,
+                        a => format!("{other} (not re-pointed: {})", a.detail()),
+                    })
+                }
+                _ => None,
             }
-        }
+        };
+        let others = self.nodes.keys().filter(|o| *o != node).cloned();
+        let repointed: Vec<String> = futures::future::join_all(others.map(repoint))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
         Answer::Ok(if repointed.is_empty() {
             format!("{node} promoted")
         } else {
@@ -371,9 +375,9 @@ impl Datastore for Redis {
         })
     }
 
-    async fn catch_up(&self, node: &str, from: &str, b: Budgets) -> Answer {
-        node!(self, node);
-        let goal = match self.info(from, b.probe).await {
+    async fn catch_up(&self, node: &str, from: &str, t: Timeouts) -> Answer {
+        node_or_return!(self, node);
+        let goal = match self.info(from, t.probe).await {
             Ok(i) => i.offset(),
             Err(a) => {
                 return Answer::Failed(format!(
@@ -382,8 +386,8 @@ impl Datastore for Redis {
                 ))
             }
         };
-        let reached = poll(b.catch_up, Duration::from_millis(10), || async move {
-            let seen = self.info(node, b.probe).await.ok().map(|i| i.offset());
+        let reached = poll(t.catch_up, Duration::from_millis(10), || async move {
+            let seen = self.info(node, t.probe).await.ok().map(|i| i.offset());
             seen.filter(|o| *o >= goal).ok_or(seen)
         })
         .await;
@@ -391,28 +395,28 @@ impl Datastore for Redis {
             Ok(o) => Answer::Ok(format!("{node} processed up to offset {o} (of {goal})")),
             Err(seen) => Answer::Failed(format!(
                 "{node} did not reach offset {goal} within {:?} (at {})",
-                b.catch_up,
+                t.catch_up,
                 seen.map_or("unknown".into(), |o| o.to_string())
             )),
         }
     }
 
-    async fn set_sync(&self, node: &str, names: &[String], b: Budgets) -> Answer {
-        node!(self, node);
+    async fn set_sync(&self, node: &str, names: &[String], t: Timeouts) -> Answer {
+        node_or_return!(self, node);
         let n = u32::from(!names.is_empty());
-        match self.set_min_replicas(node, n, b.fence).await {
+        match self.set_min_replicas(node, n, t.fence).await {
             Answer::Ok(_) => Answer::Ok(format!("min-replicas-to-write {n} on {node}")),
             a => a,
         }
     }
 
-    async fn write_check(&self, node: &str, epoch: u64, b: Budgets) -> Answer {
-        node!(self, node);
+    async fn write_check(&self, node: &str, epoch: u64, t: Timeouts) -> Answer {
+        node_or_return!(self, node);
         let mut cmd = redis::cmd("SET");
         cmd.arg("lifeboat:heartbeat").arg(epoch);
         let cmd = &cmd;
-        let ok = poll(b.promote, Duration::from_millis(20), || async move {
-            match self.run(node, cmd, b.probe).await {
+        let ok = poll(t.promote, Duration::from_millis(20), || async move {
+            match self.run(node, cmd, t.probe).await {
                 Answer::Ok(_) => Ok(()),
                 a => Err(a.detail().to_owned()),
             }
@@ -421,21 +425,21 @@ impl Datastore for Redis {
         match ok {
             Ok(()) => Answer::Ok(format!("heartbeat written on {node} (epoch {epoch})")),
             Err(last) => {
-                Answer::Unknown(format!("no write succeeded within {:?}: {last}", b.promote))
+                Answer::Unknown(format!("no write succeeded within {:?}: {last}", t.promote))
             }
         }
     }
 
-    async fn rejoin(&self, node: &str, source: &str, b: Budgets) -> Answer {
-        node!(self, node);
-        let a = self.replicate(node, source, b.fence).await;
+    async fn rejoin(&self, node: &str, source: &str, t: Timeouts) -> Answer {
+        node_or_return!(self, node);
+        let a = self.replicate(node, source, t.fence).await;
         if !a.is_ok() {
             return a;
         }
         // Fenced as a primary; as a replica the setting would only matter once promoted.
-        let _ = self.set_min_replicas(node, 0, b.fence).await;
-        let linked = poll(b.rejoin, Duration::from_millis(50), || async move {
-            match self.info(node, b.probe).await {
+        let _ = self.set_min_replicas(node, 0, t.fence).await;
+        let linked = poll(t.rejoin, Duration::from_millis(50), || async move {
+            match self.info(node, t.probe).await {
                 Ok(i) if !i.is_master() && i.get("master_link_status") == Some("up") => Ok(()),
                 _ => Err(()),
             }
@@ -445,7 +449,7 @@ impl Datastore for Redis {
             Ok(()) => Answer::Ok(format!("{node} is a replica of {source}, linked")),
             Err(()) => Answer::Unknown(format!(
                 "{node} was told to follow {source} but is not linked within {:?}",
-                b.rejoin
+                t.rejoin
             )),
         }
     }
