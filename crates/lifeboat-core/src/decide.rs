@@ -296,7 +296,7 @@ fn eligibility(
     }
     let Some(pf) = primary.facts.as_ref() else {
         return Err(format!(
-            "the WAL position of {} was never observed: cannot bound data loss",
+            "the replication position of {} was never observed: cannot bound data loss",
             primary.name
         ));
     };
@@ -417,7 +417,7 @@ fn failover_plan(
     steps.push(Step::MarkNeedsRejoin {
         node: old.name.clone(),
     });
-    // The new primary may have inherited synchronous_standby_names from the old one.
+    // The new primary may have inherited the old one's synchronous setting.
     let names = sync_names(v, p, target, Some(&old.name));
     steps.push(Step::SetSyncStandbys {
         node: target.name.clone(),

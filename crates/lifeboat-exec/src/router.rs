@@ -134,33 +134,49 @@ impl Router {
         let _ = client.set_nodelay(true);
         let _ = detect_silence(&client, self.silence);
         let mut rx = self.route.subscribe();
-        // Wait (bounded) for a primary.
-        let target = tokio::time::timeout(hold, async {
-            loop {
-                if let Route::To { node, addr, epoch } = rx.borrow_and_update().clone() {
-                    return Some((node, addr, epoch));
+        // The client has not been read from yet, so until the upstream connection is made it
+        // can still go wherever the route points: a route that moves while we connect (to a
+        // silent primary, say) sends it to the new primary instead.
+        let (node, epoch, mut upstream) = loop {
+            // Wait (bounded) for a primary.
+            let target = tokio::time::timeout(hold, async {
+                loop {
+                    if let Route::To { node, addr, epoch } = rx.borrow_and_update().clone() {
+                        return Some((node, addr, epoch));
+                    }
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
                 }
-                if rx.changed().await.is_err() {
-                    return None;
-                }
-            }
-        })
-        .await;
-        let Ok(Some((node, addr, epoch))) = target else {
-            self.stats.held_timeouts.fetch_add(1, Ordering::Relaxed);
-            let _ = client.shutdown().await;
-            return Err(std::io::Error::other("no primary within the hold timeout"));
-        };
-        let mut upstream =
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    return Err(std::io::Error::other(format!(
-                        "connecting to {node} timed out"
-                    )))
-                }
+            })
+            .await;
+            let Ok(Some((node, addr, epoch))) = target else {
+                self.stats.held_timeouts.fetch_add(1, Ordering::Relaxed);
+                let _ = client.shutdown().await;
+                return Err(std::io::Error::other("no primary within the hold timeout"));
             };
+            let moved = async {
+                while rx.changed().await.is_ok() {
+                    let same = matches!(&*rx.borrow(), Route::To { node: n, epoch: e, .. } if *n == node && *e == epoch);
+                    if !same {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                r = tokio::time::timeout(connect_timeout, TcpStream::connect(addr)) => match r {
+                    Ok(Ok(s)) => break (node, epoch, s),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(std::io::Error::other(format!(
+                            "connecting to {node} timed out"
+                        )))
+                    }
+                },
+                () = moved => continue,
+            }
+        };
         let _ = upstream.set_nodelay(true);
         if let Err(e) = detect_silence(&upstream, self.silence) {
             tracing::warn!(%node, error = %e, "cannot set TCP keepalive on the connection to the primary");

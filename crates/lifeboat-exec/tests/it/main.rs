@@ -266,3 +266,41 @@ async fn a_client_stuck_on_a_silent_primary_is_cut_when_the_route_moves() {
     assert_eq!(router.stats.cut.load(Ordering::Relaxed), 1);
     cancel.cancel();
 }
+
+/// A client whose connection through the endpoint is still being made to a silent primary
+/// (nothing answers its SYN) is sent to the new primary as soon as the route moves, instead
+/// of waiting out the connect timeout: nothing was read from it yet.
+#[tokio::test]
+async fn a_client_connecting_to_a_silent_primary_follows_the_route_when_it_moves() {
+    if let Some(why) = lifeboat_testkit::SilentPort::unavailable() {
+        eprintln!("skipped: a silent network cannot be made here: {why}");
+        return;
+    }
+    let (a, b) = (named_server("a").await, named_server("b").await);
+    let silent = lifeboat_testkit::SilentPort::start(a.port()).unwrap();
+    let router = Router::new();
+    let cancel = CancellationToken::new();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ep = l.local_addr().unwrap();
+    // A connect timeout far beyond the test's bound below.
+    tokio::spawn(router.clone().serve(
+        l,
+        HOLD,
+        Duration::from_secs(120),
+        cancel.clone(),
+        TaskTracker::new(),
+    ));
+    router.route_to("a", a, 1);
+    let mut c = TcpStream::connect(ep).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    router.route_to("b", b, 2);
+    let answer = tokio::time::timeout(Duration::from_secs(10), ask(&mut c)).await;
+    assert_eq!(
+        answer
+            .expect("still waiting for the silent primary")
+            .unwrap(),
+        "b"
+    );
+    drop(silent);
+    cancel.cancel();
+}
