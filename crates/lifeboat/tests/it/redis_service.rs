@@ -514,3 +514,50 @@ async fn a_postgres_and_a_redis_service_fail_over_independently() -> Result<()> 
     assert_eq!(names, ["cache", "orders"]);
     Ok(())
 }
+
+/// A hung primary (every process stopped, its port still accepting connections) is failed
+/// over while it hangs; when it wakes up it still believes it is the primary, and is fenced
+/// on sight: it refuses writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_primary_is_failed_over_while_it_hangs_and_fenced_when_it_wakes() -> Result<()>
+{
+    let c = Cache::start("").await?;
+    c.set.primary.signal(Signal::SIGSTOP)?;
+    let promoted = c
+        .daemon
+        .wait_until("a replica promoted", T, |s| {
+            s["primary"] != "cache-1" && settled_on(s, s["primary"].as_str().unwrap_or("-"))
+        })
+        .await;
+    c.set.primary.signal(Signal::SIGCONT)?;
+    let s = promoted?;
+    let new = s["primary"].as_str().context("a primary")?.to_owned();
+    assert_eq!(c.server(&new).role().await?, "master");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        // The fence ends client connections, so a connection may be cut while it is made.
+        let refused = match c.set.primary.client().await {
+            Ok(mut old) => redis::cmd("SET")
+                .arg("after-wake")
+                .arg(1)
+                .query_async::<()>(&mut old)
+                .await
+                .is_err_and(|e| e.to_string().contains("NOREPLICAS")),
+            Err(_) => false,
+        };
+        if refused {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the old primary takes writes after it woke up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c.set.primary.role().await?,
+        "master",
+        "fenced, not rejoined behind the operator's back"
+    );
+    Ok(())
+}
