@@ -123,6 +123,8 @@ pub struct Controller {
     checks: BTreeMap<(String, String), Tracker>,
     last_decision: String,
     resume_not_before: Option<Millis>,
+    /// This service's newest incident (read once at start, then kept by `execute`).
+    last_incident: Option<i64>,
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
 }
@@ -158,6 +160,7 @@ impl Controller {
             .filter(|s| s.kind == ServiceKind::Postgres)
             .count();
         let state = store.state(service.kind == ServiceKind::Postgres && postgres == 1)?;
+        let last_incident = store.last_incident()?;
         let start = now();
         Ok(Controller {
             policy: Policy {
@@ -189,6 +192,7 @@ impl Controller {
             facts_valid_from: BTreeMap::new(),
             last_decision: String::new(),
             resume_not_before: None,
+            last_incident,
             status: watch::Sender::new(Status::default()),
             cfg,
             service,
@@ -407,6 +411,7 @@ impl Controller {
             rpo_target_ms: tier.map(|t| t.rpo.get().as_millis() as u64),
         };
         let ex = self.executor.run(plan, &mut self.state, ctx).await;
+        self.last_incident = ex.incident.or(self.last_incident);
         self.metrics.plan_finished(
             &self.service.name,
             plan.kind.as_str(),
@@ -628,11 +633,7 @@ impl Controller {
             rpo_exposure_seconds: exposure.map(|e| e.1),
             rpo_target_seconds: tier.map(|t| t.rpo.get().as_secs_f64()),
             rto_target_seconds: tier.map(|t| t.rto.get().as_secs_f64()),
-            last_incident: self
-                .store
-                .incidents(1)
-                .ok()
-                .and_then(|v| v.first().map(|i| i.id)),
+            last_incident: self.last_incident,
         };
         self.status.send_replace(status);
     }

@@ -2,7 +2,7 @@
 //! recorded step by step in the incident's timeline. A step that cannot tell what happened
 //! ends as `unknown`; the plan is then kept in flight and resumed, never guessed.
 
-use crate::providers::{bounded, Answer, Datastore, TrafficSwitch};
+use crate::providers::{Answer, Datastore, TrafficSwitch};
 use crate::service::{Node, Service};
 use lifeboat_core::plan::FenceMode;
 use lifeboat_core::{
@@ -460,7 +460,7 @@ impl Executor {
             } => {
                 self.node(node)?;
                 if *required {
-                    bounded(t.fence, ds.fence(node, *mode, t)).await
+                    ds.fence(node, *mode, t).await
                 } else {
                     self.fence_in_background(node, *mode, incident);
                     Answer::Ok(format!(
@@ -469,25 +469,19 @@ impl Executor {
                     ))
                 }
             }
-            Step::WaitCatchUp { node, from } => {
-                bounded(t.catch_up, ds.catch_up(node, from, t)).await
-            }
-            Step::Promote { node } => bounded(t.promote, ds.promote(node, t)).await,
-            Step::SetSyncStandbys { node, names } => {
-                bounded(t.fence, ds.set_sync(node, names, t)).await
-            }
+            Step::WaitCatchUp { node, from } => ds.catch_up(node, from, t).await,
+            Step::Promote { node } => ds.promote(node, t).await,
+            Step::SetSyncStandbys { node, names } => ds.set_sync(node, names, t).await,
             Step::RouteEndpoint { node, epoch } => {
                 let n = self.node(node)?;
                 self.traffic.route(node, n.addr, *epoch).await
             }
-            Step::CheckWrite { node } => {
-                bounded(t.promote, ds.write_check(node, plan.epoch, t)).await
-            }
+            Step::CheckWrite { node } => ds.write_check(node, plan.epoch, t).await,
             Step::MarkNeedsRejoin { node } => {
                 Answer::Ok(format!("{node} must rejoin before it serves again"))
             }
-            Step::Rejoin { node, source } => bounded(t.rejoin, ds.rejoin(node, source, t)).await,
-            Step::Unfence { node } => bounded(t.rejoin, ds.unfence(node, t)).await,
+            Step::Rejoin { node, source } => ds.rejoin(node, source, t).await,
+            Step::Unfence { node } => ds.unfence(node, t).await,
         })
     }
 }
@@ -507,7 +501,7 @@ async fn background_fence(
     loop {
         attempts += 1;
         let r = tokio::select! {
-            r = bounded(t.fence, ds.fence(node, mode, t)) => r,
+            r = ds.fence(node, mode, t) => r,
             () = cancel.cancelled() => break,
         };
         match r {

@@ -405,6 +405,17 @@ impl Store {
         })
     }
 
+    /// The id of this service's newest incident.
+    pub fn last_incident(&self) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            Ok(c.query_row(
+                "SELECT max(id) FROM incidents WHERE service = ?1",
+                [&self.service],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
     pub fn incidents(&self, limit: u32) -> Result<Vec<Incident>, StoreError> {
         let ids: Vec<i64> = self.with(|c| {
             let mut st = c.prepare("SELECT id FROM incidents ORDER BY id DESC LIMIT ?1")?;
@@ -518,6 +529,8 @@ mod tests {
         let inc = s.incidents(10).unwrap();
         assert_eq!(inc.len(), 1);
         assert_eq!(inc[0].service, "orders");
+        assert_eq!(s.last_incident().unwrap(), Some(inc[0].id));
+        assert_eq!(s.service("cache").last_incident().unwrap(), None);
         assert_eq!(inc[0].status, Outcome::Running);
         assert_eq!(inc[0].timeline[0].outcome, Outcome::Unknown);
         assert_eq!(inc[0].timeline[0].detail, "timed out after 10s");

@@ -2,9 +2,11 @@
 //! `lifeboat-core` says *what* (fence this node, move the traffic to that one under epoch N);
 //! a provider says *how* for its kind, behind one of the small interfaces here.
 //!
-//! Every call is bounded: it gets its time budget, and the executor also drops it at that
-//! budget (plus a grace), which cancels it. Every call answers [`Answer`]: ok, failed (and
-//! whether it reached its node) or unknown.
+//! Every call is bounded by the [`Timeouts`] it gets: each connection, request, tool run and
+//! wait inside it has its budget, so a call that cannot reach its node ends by itself (a
+//! rejoin, which stops, rewinds, starts and waits, may take several rejoin budgets). Dropping
+//! the call cancels it. Every call answers [`Answer`]: ok, failed (and whether it reached its
+//! node) or unknown.
 //!
 //! A new datastore is one file here implementing [`Datastore`] and one arm in
 //! [`datastore`]; a new traffic switch (DNS, HAProxy) one file implementing
@@ -112,15 +114,6 @@ pub fn datastore(kind: ServiceKind, nodes: &[Node]) -> Arc<dyn Datastore> {
         ServiceKind::Postgres => Arc::new(postgres::Postgres::new(nodes)),
         ServiceKind::Redis => Arc::new(redis::Redis::new(nodes)),
     }
-}
-
-/// Runs a provider call within `budget` plus a grace second; past it the call is dropped
-/// (cancelled) and its outcome is unknown.
-pub async fn bounded(budget: Duration, call: impl std::future::Future<Output = Answer>) -> Answer {
-    let limit = budget + Duration::from_secs(1);
-    tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or_else(|_| Answer::Unknown(format!("no answer within {limit:?}")))
 }
 
 /// What a server answered to the line `PING\r\n`, which tells engines apart: Redis answers

@@ -127,6 +127,28 @@ fn node<'a>(s: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// Waits (at most `T`) until a write on `server` fails with `NOREPLICAS`: it is fenced.
+async fn wait_refuses_writes(server: &RedisServer, still: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        // The fence ends client connections, so a connection may be cut while it is made.
+        let refused = match server.client().await {
+            Ok(mut c) => redis::cmd("SET")
+                .arg("fence-check")
+                .arg(1)
+                .query_async::<()>(&mut c)
+                .await
+                .is_err_and(|e| e.to_string().contains("NOREPLICAS")),
+            Err(_) => false,
+        };
+        if refused {
+            return Ok(());
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{still}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn settled_on(s: &Value, primary: &str) -> bool {
     s["primary"] == primary && s["in_flight"].is_null() && s["endpoint"]["routes_to"] == primary
 }
@@ -199,26 +221,11 @@ async fn redis_failover_after_a_kill_loses_no_confirmed_write_and_the_old_primar
 
     // The old primary comes back as an empty primary: fenced on sight, then rejoined.
     c.set.primary.restart().await?;
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        let refused = match c.set.primary.client().await {
-            Ok(mut old) => redis::cmd("SET")
-                .arg("after-return")
-                .arg(1)
-                .query_async::<()>(&mut old)
-                .await
-                .is_err_and(|e| e.to_string().contains("NOREPLICAS")),
-            Err(_) => false,
-        };
-        if refused {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the returning old primary still takes writes"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_refuses_writes(
+        &c.set.primary,
+        "the returning old primary still takes writes",
+    )
+    .await?;
     let s = c.daemon.status().await?;
     let fenced = incident(
         &c.daemon,
@@ -495,7 +502,8 @@ async fn a_postgres_and_a_redis_service_fail_over_independently() -> Result<()> 
     );
 
     pg.primary.kill()?;
-    d.wait_until("PostgreSQL failed over", T, |s| settled_on(s, "eu-west-1"))
+    let orders = d
+        .wait_until("PostgreSQL failed over", T, |s| settled_on(s, "eu-west-1"))
         .await?;
     let cache_now = d.status_of("cache").await?;
     assert_eq!(
@@ -503,6 +511,11 @@ async fn a_postgres_and_a_redis_service_fail_over_independently() -> Result<()> 
         "the Redis service was not touched: {cache_now:#}"
     );
     assert_eq!(cache_now["primary"], s["primary"]);
+    // Each service reports its own incident.
+    for (status, service) in [(&cache_now, "cache"), (&orders, "orders")] {
+        let id = status["last_incident"].as_i64().context("an incident")?;
+        assert_eq!(incident(&d, id).await?["service"], service, "{status:#}");
+    }
 
     let all = crate::get(&format!("{}/v1/status", d.api)).await?;
     let names: Vec<&str> = all["services"]
@@ -533,27 +546,11 @@ async fn a_hung_redis_primary_is_failed_over_while_it_hangs_and_fenced_when_it_w
     let s = promoted?;
     let new = s["primary"].as_str().context("a primary")?.to_owned();
     assert_eq!(c.server(&new).role().await?, "master");
-    let deadline = std::time::Instant::now() + T;
-    loop {
-        // The fence ends client connections, so a connection may be cut while it is made.
-        let refused = match c.set.primary.client().await {
-            Ok(mut old) => redis::cmd("SET")
-                .arg("after-wake")
-                .arg(1)
-                .query_async::<()>(&mut old)
-                .await
-                .is_err_and(|e| e.to_string().contains("NOREPLICAS")),
-            Err(_) => false,
-        };
-        if refused {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the old primary takes writes after it woke up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_refuses_writes(
+        &c.set.primary,
+        "the old primary takes writes after it woke up",
+    )
+    .await?;
     assert_eq!(
         c.set.primary.role().await?,
         "master",
