@@ -63,6 +63,8 @@ done
 ((STALLS)) && [[ "$RESULTS_DIR" == "$HERE/results" ]] && RESULTS_DIR="$HERE/results-stall"
 # shellcheck source=faults.sh
 . "$HERE/faults.sh"
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 fault_check "$FAULT" || exit 2
 PY="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 "$PY" -c 'import psycopg' 2>/dev/null || { echo "psycopg 3 missing: run $SHARED/install.sh" >&2; exit 2; }
@@ -74,27 +76,12 @@ LIFEBOAT_VERSION="$("$LIFEBOAT" --version | awk '{print $2}')"
 PG_VERSION="$("$PG_BIN/postgres" --version | awk '{print $3}')"
 mkdir -p "$RESULTS_DIR"
 
-log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S.%3N)" "$*" >&2; }
 as_pg() { setpriv --reuid="$PG_OS_USER" --regid="$PG_OS_USER" --init-groups -- "$@"; }
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pg_dsn() { echo "host=127.0.0.1 port=$1 user=postgres dbname=postgres connect_timeout=2"; }
 pids_in_datadir() { find /proc -mindepth 2 -maxdepth 2 -name cwd -lname "$1" 2>/dev/null | cut -d/ -f3; }
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
-wait_until() { local t_end=$(( $(date +%s) + $1 )); shift; while (( $(date +%s) < t_end )); do "$@" && return 0; sleep 0.1; done; return 1; }
 status_has() { curl -fsS -m 2 "http://127.0.0.1:$API/v1/status?service=bench" 2>/dev/null | "$PY" -c "import json,sys; s=json.load(sys.stdin); sys.exit(0 if ($1) else 1)" 2>/dev/null; }
-canary_acked() { grep -q '"t_ack"' "$T/canary.jsonl" 2>/dev/null; }
-acked_after() {
-  tail -n 200 "$T/canary.jsonl" 2>/dev/null | "$PY" -c '
-import sys, json
-f = float(sys.argv[1])
-for l in sys.stdin:
-    try: o = json.loads(l)
-    except ValueError: continue
-    if o.get("t_ack") and o["t_ack"] > f: sys.exit(0)
-sys.exit(1)' "$1"
-}
 
-T="" LB_PID="" CANARY_PID="" PROBE_PID=""
 teardown() {
   local rc=$?
   trap '' INT TERM; trap - EXIT

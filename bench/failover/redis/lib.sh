@@ -12,10 +12,8 @@ REDIS_CLI="${REDIS_CLI:-/usr/bin/redis-cli}"
 # shellcheck disable=SC2034  # used by the scripts that source this file
 CANARY="$HERE/canary_redis.py"
 
-log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S.%3N)" "$*" >&2; }
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
-# wait_until SECONDS CMD...: poll CMD every 0.1 s, at most SECONDS
-wait_until() { local t_end=$(( $(date +%s) + $1 )); shift; while (( $(date +%s) < t_end )); do "$@" && return 0; sleep 0.1; done; return 1; }
+# shellcheck source=../common.sh
+. "$HERE/../common.sh"
 # nap S: a sleep that a TERM/INT trap can interrupt (bash runs traps only between commands,
 # but at once while it waits in the `wait` builtin)
 nap() { sleep "$1" & wait $!; }
@@ -108,19 +106,6 @@ final_master_port() {
   if ((${#masters[@]} == 1)); then echo "${masters[0]}"; return 0; fi
   for p in "${masters[@]}"; do [[ "$p" != "$P1" ]] && { echo "$p"; return 0; }; done
   return 1
-}
-
-canary_acked() { grep -q '"t_ack"' "$T/canary.jsonl" 2>/dev/null; }
-# acked_after TS: a confirmed write after TS among the last 400 log lines
-acked_after() {
-  tail -n 400 "$T/canary.jsonl" 2>/dev/null | "$PY" -c '
-import sys, json
-f = float(sys.argv[1])
-for l in sys.stdin:
-    try: o = json.loads(l)
-    except ValueError: continue
-    if o.get("t_ack") and o["t_ack"] > f: sys.exit(0)
-sys.exit(1)' "$1"
 }
 
 steady_period() { awk -v s="$STEADY" -v j="$STEADY_JITTER" -v r="$RANDOM" 'BEGIN{printf "%.3f", s + j*r/32768}'; }
