@@ -137,6 +137,26 @@ fn primary_up(v: &ClusterView, p: &Policy, primary: &NodeView) -> Decision {
             "primary {pname} answers but is in recovery: it is not writable; check it"
         )]);
     };
+    // A restarted daemon's endpoint routes nowhere until told: route it to the recorded
+    // primary, under the recorded epoch (the primary does not change).
+    if v.endpoint.as_deref() != Some(pname.as_str()) && primary.writable() {
+        return Decision::Act(Plan {
+            kind: PlanKind::Adopt,
+            epoch: v.epoch,
+            old_primary: None,
+            target: Some(pname.clone()),
+            steps: vec![Step::RouteEndpoint {
+                node: pname.clone(),
+                epoch: v.epoch,
+            }],
+            reasons: vec![format!(
+                "the endpoint does not route to the primary {pname} (a restart): routing it under epoch {}",
+                v.epoch
+            )],
+            fault_at: None,
+            lag_bytes: None,
+        });
+    }
     if p.replication.is_sync() {
         let desired = sync_names(v, p, primary, None);
         if !facts.sync.satisfies(&desired) {

@@ -255,6 +255,28 @@ fn an_interrupted_plan_is_resumed_after_a_restart() {
 }
 
 #[test]
+fn after_a_restart_the_endpoint_is_routed_to_the_recorded_primary_under_its_epoch() {
+    let mut v = cluster();
+    v.endpoint = None;
+    check(
+        &v,
+        &policy(),
+        expect![[r#"
+        plan adopt (epoch 3)
+          1. route the endpoint to pg-a (epoch 3)
+        because:
+          - the endpoint does not route to the primary pg-a (a restart): routing it under epoch 3
+    "#]],
+    );
+    // A primary that refuses writes is not routed to.
+    set(&mut v, "pg-a", |n| {
+        n.facts.as_mut().unwrap().read_only = true;
+    });
+    let d = decide(&v, &policy(), T0.plus_ms(1_000)).to_string();
+    assert!(!d.contains("route the endpoint"), "{d}");
+}
+
+#[test]
 fn first_start_adopts_the_only_writable_node_once_all_are_probed() {
     let mut v = cluster();
     v.primary = None;
