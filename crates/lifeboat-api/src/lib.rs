@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeboat_core::Command;
-use lifeboat_exec::{Handle, Request};
+use lifeboat_exec::drill::DrillError;
+use lifeboat_exec::{Drills, Handle, Request};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::json;
@@ -32,6 +33,7 @@ pub struct ApiState {
     /// `None`: no token configured, so every changing request is refused.
     pub token: Option<Arc<str>>,
     pub registry: Arc<Registry>,
+    pub drills: Drills,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -49,6 +51,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/rejoin", post(rejoin))
         .route("/v1/pause", post(pause))
         .route("/v1/resume", post(resume))
+        .route("/v1/drills", get(drills))
+        .route("/v1/drills/abort", post(drill_abort))
+        .route("/v1/drills/{name}/run", post(drill_run))
+        .route("/v1/drills/{name}/history", get(drill_history))
+        .route("/v1/drill-runs/{id}", get(drill_report))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -88,7 +95,12 @@ async fn index() -> Json<serde_json::Value> {
             "POST /v1/failover": "{\"to\": NODE, \"force\": false} manual failover (token)",
             "POST /v1/rejoin": "{\"node\": NODE} rewind or re-clone a fenced node as a standby (token)",
             "POST /v1/pause": "stop automatic failover (token)",
-            "POST /v1/resume": "resume automatic failover (token)"
+            "POST /v1/resume": "resume automatic failover (token)",
+            "GET /v1/drills": "configured drills, their schedules and last runs",
+            "POST /v1/drills/{name}/run": "{\"dry_run\": false} start a drill, or say what it would do (token)",
+            "POST /v1/drills/abort": "stop the running drill; its rollback runs (token)",
+            "GET /v1/drills/{name}/history?limit=N": "a drill's runs, newest first",
+            "GET /v1/drill-runs/{id}?format=json|markdown|svg": "one run's report, or its chart"
         }
     }))
 }
@@ -389,4 +401,132 @@ async fn pause(State(s): State<ApiState>, headers: HeaderMap, b: axum::body::Byt
 async fn resume(State(s): State<ApiState>, headers: HeaderMap, b: axum::body::Bytes) -> Response {
     let request = service_body(&b).map(|svc| (Request::Resume, svc));
     act(&s, &headers, request).await
+}
+
+fn drill_error(e: DrillError) -> Response {
+    let code = match &e {
+        DrillError::Unknown { .. } | DrillError::NoRun(_) => StatusCode::NOT_FOUND,
+        DrillError::Busy { .. } | DrillError::Refused { .. } | DrillError::NotRunning => {
+            StatusCode::CONFLICT
+        }
+        DrillError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(code, e.to_string())
+}
+
+async fn drills(State(s): State<ApiState>) -> Response {
+    match s.drills.list() {
+        Ok(l) => Json(json!({ "drills": l })).into_response(),
+        Err(e) => drill_error(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn drill_run(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    b: axum::body::Bytes,
+) -> Response {
+    let actor = match authorize(&s, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let body = if b.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        match serde_json::from_slice::<RunBody>(&b) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid body: {e}; send {{\"dry_run\": true|false}} or nothing"),
+                )
+            }
+        }
+    };
+    match s.drills.start(&name, body.dry_run, &actor) {
+        Ok(started) => (
+            if started.dry_run {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            },
+            Json(started),
+        )
+            .into_response(),
+        Err(e) => drill_error(e),
+    }
+}
+
+async fn drill_abort(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    let actor = match authorize(&s, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    match s.drills.abort(&actor) {
+        Ok(run) => Json(json!({ "run": run, "message": format!("drill run {run} is stopping; its rollback runs") })).into_response(),
+        Err(e) => drill_error(e),
+    }
+}
+
+async fn drill_history(
+    State(s): State<ApiState>,
+    Path(name): Path<String>,
+    q: Result<Query<Limit>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let limit = match q {
+        Ok(Query(l)) => l.limit.unwrap_or(50).min(1000),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    match s.drills.history(&name, limit) {
+        Ok(runs) => Json(json!({ "drill": name, "runs": runs })).into_response(),
+        Err(e) => drill_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Format {
+    format: Option<String>,
+}
+
+async fn drill_report(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    q: Result<Query<Format>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("a drill run id is a number, got {id:?}"),
+        );
+    };
+    let format = match q {
+        Ok(Query(f)) => f.format.unwrap_or_else(|| "json".into()),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let report = match s.drills.report(id) {
+        Ok(r) => r,
+        Err(e) => return drill_error(e),
+    };
+    match format.as_str() {
+        "json" => Json(report).into_response(),
+        "markdown" | "md" => (
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            report.markdown(),
+        )
+            .into_response(),
+        "svg" => ([(header::CONTENT_TYPE, "image/svg+xml")], report.svg()).into_response(),
+        other => error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown format {other:?}; use json, markdown or svg"),
+        ),
+    }
 }

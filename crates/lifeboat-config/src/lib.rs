@@ -6,6 +6,7 @@
 //! but starts nothing.
 
 mod backup;
+mod drill;
 mod load;
 mod report;
 mod secret;
@@ -17,6 +18,7 @@ pub use backup::{
     is_safe_name, BackupConfig, BackupTierConfig, RepositoryConfig, RestoreTestConfig, Retention,
     SourceConfig, TierKind, WalConfig, WalMode,
 };
+pub use drill::{parse_schedule, DrillConfig, FaultKind};
 pub use load::{load, parse, ConfigError, Loaded};
 pub use report::{Finding, Report};
 pub use secret::{read_secret, SecretError};

@@ -1,6 +1,7 @@
 //! The shape of `lifeboat.toml`. Every struct rejects unknown keys.
 
 use crate::backup::BackupConfig;
+use crate::drill::DrillConfig;
 use crate::units::{Dur, Size};
 use lifeboat_core::model::{FailoverMode, RegionRole, ReplicationMode};
 use serde::Deserialize;
@@ -20,6 +21,9 @@ pub struct Config {
     pub services: BTreeMap<String, ServiceConfig>,
     #[serde(default)]
     pub backup: Option<BackupConfig>,
+    /// Drills by name: faults applied on purpose, recovery measured, everything undone.
+    #[serde(default)]
+    pub drills: BTreeMap<String, DrillConfig>,
 }
 
 /// The datastore a service runs on; it picks the provider that probes, fences and promotes

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub(crate) fn validate(c: &Config, r: &mut Report) {
     controller(c, r);
     tiers(c, r);
+    crate::drill::validate(c, r);
     if c.services.is_empty() {
         r.error(
             "services",

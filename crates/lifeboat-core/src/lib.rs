@@ -6,6 +6,7 @@
 //! `lifeboat-exec`.
 
 pub mod decide;
+pub mod drill;
 pub mod health;
 pub mod model;
 pub mod plan;

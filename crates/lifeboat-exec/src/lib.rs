@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod controller;
+pub mod drill;
 pub mod executor;
 pub mod metrics;
 pub mod providers;
@@ -15,6 +16,7 @@ pub mod service;
 pub mod status;
 
 pub use controller::{Controller, Event, Handle, Reply, Request};
+pub use drill::{Drilled, Drills};
 pub use metrics::Metrics;
 pub use router::{Route, Router};
 pub use service::{Node, Service, SetupError};

@@ -7,6 +7,9 @@
 //! Calls are short synchronous transactions; callers never hold the connection across an
 //! `.await`.
 
+mod drills;
+pub use drills::{DrillRun, FaultRow};
+
 use lifeboat_core::{ControllerState, Decision, Millis, Plan};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -193,6 +196,7 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA).map_err(opened)?;
+        conn.execute_batch(drills::SCHEMA).map_err(opened)?;
         for table in ["events", "incidents"] {
             let has: bool = conn
                 .query_row(

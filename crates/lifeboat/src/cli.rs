@@ -1,7 +1,7 @@
 //! Command-line shape and dispatch. Exit codes: 0 success, 1 failure or refusal, 2 bad
 //! input (config or arguments).
 
-use crate::{client, daemon, demo};
+use crate::{client, daemon, demo, drill};
 use clap::{Parser, Subcommand};
 use lifeboat_config::{ConfigError, Loaded};
 use std::path::{Path, PathBuf};
@@ -93,6 +93,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: IncidentCmd,
     },
+    /// Drills: break a service on purpose, measure its recovery, put everything back.
+    Drill {
+        #[command(subcommand)]
+        command: DrillCmd,
+    },
     /// Two PostgreSQL regions on loopback, a canary writer, a killed primary: watch Lifeboat recover.
     Demo,
     /// Back up sources into a repository.
@@ -126,6 +131,43 @@ pub enum IncidentCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum DrillCmd {
+    /// Configured drills, their schedules and last runs.
+    List(#[command(flatten)] ApiArgs),
+    /// Run drill NAME and follow it (Ctrl-C aborts it; the rollback still runs). Exit 0 when
+    /// it passed.
+    Run {
+        name: String,
+        /// Say what the drill would do and check that it could start; apply nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Start it and return (follow with `drill report ID`).
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop the running drill; every applied fault is undone.
+    Abort(#[command(flatten)] ApiArgs),
+    /// One run's report (Markdown; --json for JSON; --svg FILE writes its chart).
+    Report {
+        id: i64,
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A drill's runs, newest first, with the RTO trend.
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
 pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Cmd::Config {
@@ -134,6 +176,30 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Run => match load(&cli.config) {
             Ok(loaded) => daemon::main(loaded).await,
             Err(code) => code,
+        },
+        Cmd::Drill { command } => match command {
+            DrillCmd::List(api) => drill::list(&client::Api::new(&cli.config, &api)).await,
+            DrillCmd::Run {
+                name,
+                dry_run,
+                no_wait,
+                api,
+            } => {
+                drill::run(
+                    &client::Api::new(&cli.config, &api),
+                    &name,
+                    dry_run,
+                    !no_wait,
+                )
+                .await
+            }
+            DrillCmd::Abort(api) => drill::abort(&client::Api::new(&cli.config, &api)).await,
+            DrillCmd::Report { id, svg, api } => {
+                drill::report(&client::Api::new(&cli.config, &api), id, svg.as_deref()).await
+            }
+            DrillCmd::History { name, limit, api } => {
+                drill::history(&client::Api::new(&cli.config, &api), &name, limit).await
+            }
         },
         Cmd::Demo => demo::main().await,
         Cmd::Status(api) => client::status(&client::Api::new(&cli.config, &api)).await,

@@ -12,7 +12,7 @@ use std::time::Duration;
 pub struct Api {
     base: String,
     token: Option<String>,
-    json: bool,
+    pub json: bool,
     http: reqwest::Client,
 }
 
@@ -46,7 +46,7 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<Value, String> {
+    pub async fn get(&self, path: &str) -> Result<Value, String> {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -56,12 +56,29 @@ impl Api {
         decode(r).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
         let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         decode(req.send().await.map_err(|e| self.unreachable(e))?).await
+    }
+
+    /// A text answer (Markdown, SVG), or the API's error message.
+    pub async fn get_text(&self, path: &str) -> Result<String, String> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        if r.status().is_success() {
+            return r
+                .text()
+                .await
+                .map_err(|e| format!("unreadable answer: {e}"));
+        }
+        decode(r).await.map(|v| v.to_string())
     }
 
     fn unreachable(&self, e: reqwest::Error) -> String {
@@ -86,7 +103,7 @@ async fn decode(r: reqwest::Response) -> Result<Value, String> {
     }
 }
 
-fn fail(e: String) -> ExitCode {
+pub fn fail(e: String) -> ExitCode {
     eprintln!("error: {e}");
     ExitCode::from(1)
 }

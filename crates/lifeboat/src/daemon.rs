@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use lifeboat_config::{Config, Loaded, ServiceKind};
-use lifeboat_exec::{Controller, Handle, Metrics, Router, Service};
+use lifeboat_exec::{Controller, Drilled, Drills, Handle, Metrics, Router, Service};
 use lifeboat_store::Store;
 use prometheus_client::registry::Registry;
 use std::process::ExitCode;
@@ -103,6 +103,13 @@ pub async fn start(cfg: Config) -> Result<Running> {
         .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
     let store = Store::open(state_dir)
         .with_context(|| format!("opening the store in {}", state_dir.display()))?;
+    // Faults a drill left applied when the process running it was killed come off first.
+    for line in lifeboat_exec::drill::recover(&store)
+        .await
+        .context("undoing the faults of an interrupted drill")?
+    {
+        warn!("{line}");
+    }
     let token = api_token(&cfg)?;
     if token.is_none() {
         warn!("no API token configured: changing API calls (switchover, failover, pause, ...) are refused");
@@ -113,6 +120,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let mut services = Vec::new();
     for (name, sc) in &cfg.services {
         let service = Service::new(name, sc)?;
+        let drilled = service.clone();
         let endpoint = tokio::net::TcpListener::bind(sc.endpoint.listen)
             .await
             .with_context(|| {
@@ -129,7 +137,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
             router.clone(),
             metrics.clone(),
         )?;
-        services.push((name, sc, endpoint, router, controller));
+        services.push((name, sc, endpoint, router, controller, drilled));
     }
     let api = tokio::net::TcpListener::bind(cfg.controller.api_listen)
         .await
@@ -148,9 +156,15 @@ pub async fn start(cfg: Config) -> Result<Running> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut handles = Vec::new();
-    for (name, sc, endpoint, router, controller) in services {
+    let mut drilled = Vec::new();
+    for (name, sc, endpoint, router, controller, service) in services {
         let addr = endpoint.local_addr()?;
-        handles.push(controller.start(cancel.clone(), &tasks));
+        let handle = controller.start(cancel.clone(), &tasks);
+        drilled.push(Drilled {
+            service,
+            handle: handle.clone(),
+        });
+        handles.push(handle);
         tasks.spawn(router.serve(
             endpoint,
             sc.endpoint.hold_timeout.get(),
@@ -160,10 +174,20 @@ pub async fn start(cfg: Config) -> Result<Running> {
         ));
         info!(service = %name, kind = sc.kind.as_str(), endpoint = %addr, "service protected");
     }
+    let drills = Drills::new(
+        cfg.clone(),
+        store.clone(),
+        drilled,
+        &mut registry,
+        cancel.clone(),
+        tasks.clone(),
+    );
+    tasks.spawn(drills.clone().schedule());
     let state = lifeboat_api::ApiState {
         services: handles.clone(),
         token,
         registry: Arc::new(registry),
+        drills,
     };
     let api_cancel = cancel.clone();
     tasks.spawn(async move {

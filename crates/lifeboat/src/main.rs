@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod daemon;
 mod demo;
+mod drill;
 
 use clap::Parser;
 use std::process::ExitCode;

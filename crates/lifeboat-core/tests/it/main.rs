@@ -1,6 +1,7 @@
 //! The decision engine's specification: compact topologies and observations in, the rendered
 //! decision out; plus property tests for the invariants.
 
+mod drill_spec;
 mod health_spec;
 mod props;
 mod spec;

@@ -13,6 +13,7 @@
 //! [`TrafficSwitch`].
 
 pub mod endpoint;
+pub mod fault;
 pub mod postgres;
 pub mod redis;
 

@@ -123,23 +123,7 @@ impl Redis {
         timeout: Duration,
     ) -> Result<MultiplexedConnection, Answer> {
         let n = self.node(name)?;
-        let mut settings = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
-        if let Some(u) = &n.user {
-            settings = settings.set_username(u);
-        }
-        if let Some(p) = &n.password {
-            settings = settings.set_password(p);
-        }
-        let info = redis::ConnectionAddr::Tcp(n.addr.ip().to_string(), n.addr.port())
-            .into_connection_info()
-            .map_err(|e| Answer::Unreached(e.to_string()))?
-            .set_redis_settings(settings);
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let client = redis::Client::open(info).map_err(|e| Answer::Unreached(e.to_string()))?;
-        client
-            .get_multiplexed_async_connection_with_config(&config)
+        connect(n.addr, n.user.as_deref(), n.password.as_deref(), timeout)
             .await
             .map_err(|e| Answer::Unreached(describe(name, n.addr, &e)))
     }
@@ -219,6 +203,32 @@ impl Redis {
 }
 
 /// A Redis error in words that name the node and what to do.
+/// A connection to the Redis server at `addr`, authenticated when a password is given;
+/// connecting and every reply bounded by `timeout`.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    user: Option<&str>,
+    password: Option<&str>,
+    timeout: Duration,
+) -> Result<MultiplexedConnection, redis::RedisError> {
+    let mut settings = redis::RedisConnectionInfo::default().set_skip_set_lib_name();
+    if let Some(u) = user {
+        settings = settings.set_username(u);
+    }
+    if let Some(p) = password {
+        settings = settings.set_password(p);
+    }
+    let info = redis::ConnectionAddr::Tcp(addr.ip().to_string(), addr.port())
+        .into_connection_info()?
+        .set_redis_settings(settings);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 fn describe(name: &str, addr: SocketAddr, e: &redis::RedisError) -> String {
     let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
         || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"));

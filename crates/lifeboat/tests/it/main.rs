@@ -3,6 +3,7 @@
 
 mod backup;
 mod bad_input;
+mod drills;
 mod failover;
 mod groups;
 mod operations;

@@ -1,0 +1,229 @@
+//! `[drills.NAME]`: scheduled or on-demand drills that break a service on purpose, measure its
+//! recovery against its tier's targets, and always put things back (capability 9).
+
+use crate::report::Report;
+use crate::types::{Config, ServiceKind};
+use crate::units::Dur;
+use lifeboat_core::drill::Scenario;
+use serde::Deserialize;
+use std::str::FromStr;
+
+/// How a primary-failure drill loses its primary.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    /// SIGKILL to the server and every process it started (a crash). The killed server is
+    /// started again as a standby by a rejoin, which needs `control` of the node.
+    Kill,
+    /// SIGSTOP to the server and its processes (a hang); SIGCONT undoes it.
+    Pause,
+    /// Every packet to and from the server's port dropped (nftables; needs root).
+    Silence,
+}
+
+impl FaultKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultKind::Kill => "kill",
+            FaultKind::Pause => "pause",
+            FaultKind::Silence => "silence",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DrillConfig {
+    /// primary-failure, region-outage or replica-lag.
+    pub scenario: String,
+    /// The service broken on purpose.
+    pub service: String,
+    /// primary-failure only: kill (default for PostgreSQL), pause (default for Redis) or
+    /// silence.
+    pub fault: Option<FaultKind>,
+    /// region-outage only: the region that goes dark (default: the primary's at the start).
+    pub region: Option<String>,
+    /// How long the fault stays applied.
+    #[serde(default = "default_duration")]
+    pub duration: Dur,
+    /// How often the canary writes through the service's endpoint.
+    #[serde(default = "default_canary_interval")]
+    pub canary_interval: Dur,
+    /// Cron expression (5 fields, UTC; `#`, `L` and `W` allowed) for scheduled runs.
+    pub schedule: Option<String>,
+    /// The whole drill, rollback included, is stopped and rolled back past this.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+    /// Abort (and roll back) when the canary has had no write acknowledged for this long.
+    pub max_outage: Option<Dur>,
+    /// End by switching back to the primary the drill started with.
+    #[serde(default = "default_true")]
+    pub failback: bool,
+    /// Judge against these instead of the tier's.
+    pub rto: Option<Dur>,
+    pub rpo: Option<Dur>,
+}
+
+fn default_duration() -> Dur {
+    Dur::from_secs(10)
+}
+fn default_canary_interval() -> Dur {
+    Dur::from_millis(20)
+}
+fn default_timeout() -> Dur {
+    Dur::from_secs(300)
+}
+fn default_true() -> bool {
+    true
+}
+
+impl DrillConfig {
+    pub fn scenario(&self) -> Option<Scenario> {
+        Scenario::parse(&self.scenario)
+    }
+
+    /// The fault a primary-failure drill applies (kill for PostgreSQL, pause for Redis
+    /// unless set).
+    pub fn primary_fault(&self, kind: ServiceKind) -> FaultKind {
+        self.fault.unwrap_or(match kind {
+            ServiceKind::Postgres => FaultKind::Kill,
+            ServiceKind::Redis => FaultKind::Pause,
+        })
+    }
+}
+
+/// Parses a drill schedule: five fields (minute hour day-of-month month day-of-week), UTC.
+pub fn parse_schedule(s: &str) -> Result<croner::Cron, String> {
+    if s.split_whitespace().count() != 5 {
+        return Err(format!(
+            "{s:?} is not a cron expression of five fields (minute hour day-of-month month day-of-week), e.g. \"0 10 * * TUE\""
+        ));
+    }
+    croner::Cron::from_str(s).map_err(|e| {
+        format!("{s:?} does not parse as a cron expression ({e}); write e.g. \"0 10 * * TUE\"")
+    })
+}
+
+pub(crate) fn validate(c: &Config, r: &mut Report) {
+    for (name, d) in &c.drills {
+        let path = format!("drills.{name}");
+        if name.is_empty()
+            || name.contains(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+        {
+            r.error(&path, "a drill name may only hold letters, digits, - and _");
+        }
+        let Some(scenario) = d.scenario() else {
+            let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.as_str()).collect();
+            r.error(
+                format!("{path}.scenario"),
+                format!(
+                    "unknown scenario {:?}; known scenarios: {}",
+                    d.scenario,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        let Some(s) = c.services.get(&d.service) else {
+            let known: Vec<&str> = c.services.keys().map(String::as_str).collect();
+            r.error(
+                format!("{path}.service"),
+                format!(
+                    "unknown service {:?}; known services: {}",
+                    d.service,
+                    known.join(", ")
+                ),
+            );
+            continue;
+        };
+        if let Some(cron) = &d.schedule {
+            if let Err(e) = parse_schedule(cron) {
+                r.error(format!("{path}.schedule"), e);
+            }
+        }
+        if d.duration.get().is_zero() {
+            r.error(format!("{path}.duration"), "must be greater than 0");
+        }
+        if d.canary_interval.get().is_zero() {
+            r.error(format!("{path}.canary-interval"), "must be greater than 0");
+        }
+        if d.timeout.get() <= d.duration.get() {
+            r.error(
+                format!("{path}.timeout"),
+                format!(
+                    "must be longer than duration ({}): the timeout bounds the whole drill, its rollback included",
+                    d.duration
+                ),
+            );
+        }
+        if d.fault.is_some() && scenario != Scenario::PrimaryFailure {
+            r.error(
+                format!("{path}.fault"),
+                format!(
+                    "only a primary-failure drill takes a fault; {} applies its own",
+                    scenario.as_str()
+                ),
+            );
+        }
+        if d.region.is_some() && scenario != Scenario::RegionOutage {
+            r.error(
+                format!("{path}.region"),
+                "only a region-outage drill takes a region",
+            );
+        }
+        if let Some(region) = &d.region {
+            if !s.regions.contains_key(region) {
+                let known: Vec<&str> = s.regions.keys().map(String::as_str).collect();
+                r.error(
+                    format!("{path}.region"),
+                    format!(
+                        "service {} has no region {region:?}; its regions: {}",
+                        d.service,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        match scenario {
+            Scenario::PrimaryFailure => {
+                let fault = d.primary_fault(s.kind);
+                if fault == FaultKind::Kill {
+                    if s.kind == ServiceKind::Redis {
+                        r.error(
+                            format!("{path}.fault"),
+                            "kill is for PostgreSQL nodes, which Lifeboat can start again as standbys; a killed Redis server stays down: use fault = \"pause\" (a hang) or \"silence\"",
+                        );
+                    } else if let Some((_, _, n)) = s.nodes().find(|(_, _, n)| n.control.is_none())
+                    {
+                        r.error(
+                            format!("{path}.fault"),
+                            format!(
+                                "kill needs control of every node of service {} (node {} has no control = {{ data-dir = … }}): the killed primary is started again as a standby by a rejoin; or use fault = \"pause\"",
+                                d.service, n.name
+                            ),
+                        );
+                    }
+                }
+            }
+            Scenario::RegionOutage => {}
+            Scenario::ReplicaLag => {
+                if s.kind != ServiceKind::Postgres {
+                    r.error(
+                        format!("{path}.scenario"),
+                        "replica-lag stops a PostgreSQL standby's WAL receiver; a Redis replica cannot be held back without stopping it",
+                    );
+                }
+                if s.failover.max_lag.0 > 256 << 20 {
+                    r.error(
+                        format!("{path}.scenario"),
+                        format!(
+                            "replica-lag writes max-lag + 1 MiB of WAL to put the standbys past it, and services.{}.failover.max-lag is {}; drills allow at most 256 MiB",
+                            d.service,
+                            crate::format_bytes(s.failover.max_lag.0)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! Drills against real PostgreSQL servers: faults applied on purpose, recovery measured by the
+//! drill's own canary, the verdict against the tier, and everything put back — also when the
+//! process running the drill is SIGKILLed while its fault is applied.
+
+use crate::{get, stderr, stdout, Daemon};
+use anyhow::{Context, Result};
+use lifeboat_testkit::{SilentPort, TwoRegions};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+
+/// Two regions with `drills` appended to their config.
+async fn regions(prefix: &str, failover: &str, drills: &str) -> Result<TwoRegions> {
+    let r = TwoRegions::start(prefix, failover).await?;
+    let mut text = std::fs::read_to_string(&r.config_path)?;
+    text.push('\n');
+    text.push_str(drills);
+    std::fs::write(&r.config_path, text)?;
+    Ok(r)
+}
+
+async fn report(d: &Daemon, id: i64) -> Result<Value> {
+    get(&format!("{}/v1/drill-runs/{id}", d.api)).await
+}
+
+fn checks(r: &Value) -> Vec<(String, bool)> {
+    r["verdict"]["checks"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| {
+                    (
+                        c["name"].as_str().unwrap_or("").to_owned(),
+                        c["pass"] == true,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The only run of `drill`.
+async fn only_run(d: &Daemon, drill: &str) -> Result<Value> {
+    let h = get(&format!("{}/v1/drills/{drill}/history", d.api)).await?;
+    let runs = h["runs"].as_array().context("runs")?;
+    assert_eq!(runs.len(), 1, "{h:#}");
+    report(d, runs[0]["id"].as_i64().context("id")?).await
+}
+
+fn timeline(r: &Value) -> String {
+    r["timeline"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|e| {
+                    format!(
+                        "{} {}\n",
+                        e["outcome"].as_str().unwrap_or(""),
+                        e["what"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_failure_drill_kills_the_primary_measures_the_recovery_and_fails_back(
+) -> Result<()> {
+    let r = regions(
+        "drill-kill",
+        "",
+        "[drills.kill-primary]\nscenario = \"primary-failure\"\nservice = \"orders\"\nduration = \"3s\"\nschedule = \"0 10 * * TUE\"\n",
+    )
+    .await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+
+    let dry = d.cli(&["drill", "run", "kill-primary", "--dry-run"]);
+    assert!(dry.status.success(), "{}{}", stdout(&dry), stderr(&dry));
+    assert!(
+        stdout(&dry).contains("kill node us-east-1"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(
+        r.primary.server.is_running().await,
+        "a dry run applies nothing"
+    );
+
+    let out = d.cli(&["drill", "run", "kill-primary"]);
+    let rep = only_run(&d, "kill-primary").await?;
+    assert!(
+        out.status.success(),
+        "the drill failed:\n{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert!(stdout(&out).contains("PASSED"), "{}", stdout(&out));
+    eprintln!("{}", stdout(&out));
+    assert_eq!(rep["status"], "passed");
+    for (name, pass) in checks(&rep) {
+        assert!(pass, "{name} failed: {rep:#}");
+    }
+    let m = &rep["measured"];
+    assert!(m["rto_ms"].as_u64().is_some(), "{m}");
+    assert_eq!(m["lost"].as_array().map(Vec::len), Some(0), "{m}");
+    assert!(m["acked"].as_u64().unwrap() > 20, "{m}");
+    assert_eq!(rep["primary_before"], "us-east-1");
+    assert_eq!(rep["primary_after"], "eu-west-1");
+    assert_eq!(
+        rep["primary_at_end"],
+        "us-east-1",
+        "failback\n{}",
+        timeline(&rep)
+    );
+    assert!(rep["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["state"] == "undone"));
+    assert!(
+        !rep["incidents"].as_array().unwrap().is_empty(),
+        "the failover's incident is linked"
+    );
+    let s = d.status().await?;
+    for n in s["nodes"].as_array().unwrap() {
+        assert_eq!(n["health"], "up", "{s:#}");
+    }
+
+    // The report as a person reads it, and the chart.
+    let id = rep["id"].as_i64().unwrap().to_string();
+    let md = d.cli(&["drill", "report", &id]);
+    assert!(stdout(&md).contains("## Verdict: pass"), "{}", stdout(&md));
+    let svg_path = r.dir.path().join("chart.svg");
+    let svg = d.cli(&["drill", "report", &id, "--svg", svg_path.to_str().unwrap()]);
+    assert!(svg.status.success(), "{}", stderr(&svg));
+    let svg = std::fs::read_to_string(&svg_path)?;
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("fault"),
+        "{svg}"
+    );
+    let list = d.cli(&["drill", "list"]);
+    assert!(
+        stdout(&list).contains("kill-primary") && stdout(&list).contains("passed"),
+        "{}",
+        stdout(&list)
+    );
+    let hist = d.cli(&["drill", "history", "kill-primary"]);
+    assert!(
+        stdout(&hist).contains("RTO over 1 runs"),
+        "{}",
+        stdout(&hist)
+    );
+    let metrics = reqwest::get(format!("{}/metrics", d.api))
+        .await?
+        .text()
+        .await?;
+    for want in [
+        "lifeboat_drill_last_success_timestamp_seconds{drill=\"kill-primary\"}",
+        "lifeboat_drill_rto_seconds{drill=\"kill-primary\"}",
+        "lifeboat_drill_runs_total{drill=\"kill-primary\",result=\"passed\"} 1",
+        "lifeboat_drill_faults_applied 0",
+    ] {
+        assert!(metrics.contains(want), "{want} missing in\n{metrics}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_lag_drill_passes_only_because_lifeboat_refuses_to_promote_and_says_why(
+) -> Result<()> {
+    let r = regions(
+        "drill-lag",
+        "max-lag = \"1MiB\"",
+        "[drills.lagging]\nscenario = \"replica-lag\"\nservice = \"orders\"\nduration = \"3s\"\n",
+    )
+    .await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "lagging"]);
+    let rep = only_run(&d, "lagging").await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert_eq!(rep["primary_after"], "us-east-1", "nothing promoted");
+    let refusal = rep["refusal"].to_string();
+    assert!(
+        refusal.contains("eu-west-1 is") && refusal.contains("behind (limit 1 MiB)"),
+        "the reason names the standby and the limit: {refusal}"
+    );
+    assert_eq!(
+        checks(&rep).into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        ["refused", "data loss", "rolled back"]
+    );
+    // Put back: the standby streams again and catches up.
+    d.wait_until("the standby caught up", T, |s| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["health"] == "up")
+            && node(s, "eu-west-1")["lag_bytes"] == 0
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_outage_drill_silences_the_primary_region_and_fails_back() -> Result<()> {
+    if let Some(why) = SilentPort::unavailable() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let r = regions(
+        "drill-region",
+        "",
+        "[drills.east-dark]\nscenario = \"region-outage\"\nservice = \"orders\"\nregion = \"us-east\"\nduration = \"4s\"\n",
+    )
+    .await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "east-dark"]);
+    let rep = only_run(&d, "east-dark").await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert_eq!(rep["primary_after"], "eu-west-1");
+    assert_eq!(rep["primary_at_end"], "us-east-1");
+    assert!(rep["faults"][0]["fault"]
+        .as_str()
+        .unwrap()
+        .starts_with("silence region us-east"));
+    Ok(())
+}
+
+fn node<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// The state letter of a process (`T`: stopped).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+fn postmaster_pid(r: &TwoRegions) -> Result<i32> {
+    let text = std::fs::read_to_string(r.primary.server.data_dir.join("postmaster.pid"))?;
+    Ok(text.lines().next().context("pid line")?.trim().parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_whose_runner_is_killed_has_its_fault_undone_at_the_next_start() -> Result<()> {
+    let r = regions(
+        "drill-killed",
+        "mode = \"manual\"",
+        "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"60s\"\n",
+    )
+    .await?;
+    let mut d = Daemon::start(&r, "us-east-1").await?;
+    let pid = postmaster_pid(&r)?;
+    let out = d.cli(&["drill", "run", "hang", "--no-wait"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+
+    // A second drill at once is refused, and changes nothing.
+    let twice = d.cli(&["drill", "run", "hang", "--no-wait"]);
+    assert!(!twice.status.success());
+    assert!(
+        stderr(&twice).contains("is already running"),
+        "{}",
+        stderr(&twice)
+    );
+
+    let deadline = Instant::now() + T;
+    while proc_state(pid) != Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "the primary was never paused\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.kill()?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        proc_state(pid),
+        Some('T'),
+        "still paused while nobody runs the drill"
+    );
+
+    let d = Daemon::start(&r, "us-east-1").await?;
+    assert_ne!(
+        proc_state(pid),
+        Some('T'),
+        "the pause was undone at the start"
+    );
+    let rep = only_run(&d, "hang").await?;
+    assert_eq!(rep["status"], "interrupted", "{rep:#}");
+    let tl = timeline(&rep);
+    assert!(tl.contains("undone at the next start"), "{tl}");
+    assert!(
+        rep["faults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["state"] == "undone"),
+        "{rep:#}"
+    );
+    assert!(d.log().contains("undone at restart"), "{}", d.log());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
+    let r = regions(
+        "drill-bad",
+        "",
+        "[drills.typo]\nscenario = \"primary-failur\"\nservice = \"orders\"\n\n[drills.nobody]\nscenario = \"primary-failure\"\nservice = \"payments\"\n\n[drills.cron]\nscenario = \"primary-failure\"\nservice = \"orders\"\nschedule = \"every tuesday\"\n\n[drills.wrong-key]\nscenario = \"replica-lag\"\nservice = \"orders\"\nfault = \"kill\"\n",
+    )
+    .await?;
+    let out = std::process::Command::new(crate::BIN)
+        .args(["config", "check"])
+        .arg(&r.config_path)
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let text = stderr(&out) + &stdout(&out);
+    for want in [
+        "drills.typo.scenario",
+        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, replica-lag",
+        "drills.nobody.service",
+        "unknown service \"payments\"; known services: orders",
+        "drills.cron.schedule",
+        "is not a cron expression of five fields",
+        "drills.wrong-key.fault",
+        "only a primary-failure drill takes a fault",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in\n{text}");
+    }
+
+    // A valid config: an unknown drill, and a drill on a service that is not healthy.
+    let r = regions(
+        "drill-unfit",
+        "",
+        "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\n",
+    )
+    .await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown drill \"nope\"; configured drills: hang"),
+        "{}",
+        stderr(&out)
+    );
+    r.standby.stop().await?;
+    d.wait_until("the standby is down", T, |s| {
+        node(s, "eu-west-1")["health"] == "down"
+    })
+    .await?;
+    let out = d.cli(&["drill", "run", "hang"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("did not start: node eu-west-1 is down"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(r.primary.server.is_running().await);
+    let h = get(&format!("{}/v1/drills/hang/history", d.api)).await?;
+    assert_eq!(
+        h["runs"].as_array().map(Vec::len),
+        Some(0),
+        "a refused drill is not a run"
+    );
+    Ok(())
+}
