@@ -386,3 +386,99 @@ async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
     );
     Ok(())
 }
+
+/// Waits until the run `id` is no longer running.
+async fn ended(d: &Daemon, id: i64) -> Result<Value> {
+    let deadline = Instant::now() + T;
+    loop {
+        let rep = report(d, id).await?;
+        if rep["status"] != "running" {
+            return Ok(rep);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "run {id} did not end\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn paused(pid: i32, d: &Daemon) -> Result<()> {
+    let deadline = Instant::now() + T;
+    while proc_state(pid) != Some('T') {
+        anyhow::ensure!(Instant::now() < deadline, "never paused\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+fn run_id(out: &std::process::Output) -> Result<i64> {
+    let text = stdout(out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("run "))
+        .with_context(|| format!("no run id in {text}"))?;
+    Ok(line.split_whitespace().nth(1).context("id")?.parse()?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_drill_and_a_daemon_stopped_mid_drill_undo_their_fault() -> Result<()> {
+    let r = regions(
+        "drill-abort",
+        "mode = \"manual\"",
+        "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"60s\"\n",
+    )
+    .await?;
+    let mut d = Daemon::start(&r, "us-east-1").await?;
+    let pid = postmaster_pid(&r)?;
+
+    let out = d.cli(&["drill", "run", "hang", "--no-wait"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let id = run_id(&out)?;
+    paused(pid, &d).await?;
+    let abort = d.cli(&["drill", "abort"]);
+    assert!(abort.status.success(), "{}", stderr(&abort));
+    let rep = ended(&d, id).await?;
+    assert_ne!(proc_state(pid), Some('T'), "resumed after the abort");
+    assert_eq!(rep["status"], "aborted");
+    assert!(
+        rep["verdict"]["checks"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("aborted by api"),
+        "{rep:#}"
+    );
+    assert!(rep["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["state"] == "undone"));
+    let again = d.cli(&["drill", "abort"]);
+    assert!(!again.status.success() && stderr(&again).contains("no drill is running"));
+
+    // SIGTERM while the fault is applied: the drain undoes it.
+    d.wait_until("healthy again", T, |s| {
+        s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["health"] == "up")
+    })
+    .await?;
+    let out = d.cli(&["drill", "run", "hang", "--no-wait"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let id = run_id(&out)?;
+    paused(pid, &d).await?;
+    assert!(d.stop()?.success());
+    assert_ne!(proc_state(pid), Some('T'), "resumed by the stopping daemon");
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let rep = report(&d, id).await?;
+    assert_eq!(rep["status"], "aborted", "{rep:#}");
+    assert!(
+        timeline(&rep).contains("the daemon is stopping"),
+        "{}",
+        timeline(&rep)
+    );
+    Ok(())
+}

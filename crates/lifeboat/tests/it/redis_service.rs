@@ -558,3 +558,34 @@ async fn a_hung_redis_primary_is_failed_over_while_it_hangs_and_fenced_when_it_w
     );
     Ok(())
 }
+
+/// A drill on the Redis service: the primary hangs (SIGSTOP), a replica is promoted, the old
+/// primary wakes, is fenced, rejoins with `REPLICAOF`, and the failback makes it the primary
+/// again; every write the canary had acknowledged is still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_primary_failure_drill_hangs_the_primary_and_fails_back() -> Result<()> {
+    let c = Cache::start(
+        "\n[drills.cache-hang]\nscenario = \"primary-failure\"\nservice = \"cache\"\nduration = \"3s\"\n",
+    )
+    .await?;
+    let out = c.daemon.cli(&["drill", "run", "cache-hang"]);
+    let h = crate::get(&format!("{}/v1/drills/cache-hang/history", c.daemon.api)).await?;
+    let id = h["runs"][0]["id"].as_i64().context("a run")?;
+    let rep = crate::get(&format!("{}/v1/drill-runs/{id}", c.daemon.api)).await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{rep:#}\n{}",
+        stdout(&out),
+        crate::stderr(&out),
+        c.daemon.log()
+    );
+    assert_eq!(rep["kind"], "redis");
+    assert!(rep["faults"][0]["fault"]
+        .as_str()
+        .unwrap()
+        .starts_with("pause node cache-1"));
+    assert_ne!(rep["primary_after"], "cache-1");
+    assert_eq!(rep["primary_at_end"], "cache-1");
+    assert_eq!(rep["measured"]["lost"].as_array().map(Vec::len), Some(0));
+    Ok(())
+}
