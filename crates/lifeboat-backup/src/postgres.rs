@@ -594,7 +594,18 @@ pub async fn restore_pitr(
     let mut wal_bytes = 0u64;
     let mut fetches = futures::stream::iter(wanted)
         .map(|(key, name)| async move {
-            let sealed = repo.storage.get_required(&key).await?;
+            // A `.partial` listed a moment ago may since have been replaced by its completed
+            // segment (a live archive's uploader does that), which holds at least its bytes.
+            let (key, sealed) = match key.strip_suffix(".partial") {
+                Some(full) => match repo.storage.get(&key).await? {
+                    Some(b) => (key.clone(), b),
+                    None => (full.to_string(), repo.storage.get_required(full).await?),
+                },
+                None => {
+                    let b = repo.storage.get_required(&key).await?;
+                    (key, b)
+                }
+            };
             let plain = repo
                 .key
                 .open_unbounded(&sealed)
