@@ -22,6 +22,9 @@
 #            primary for --fault-for, 10 s), silent (the primary's packets dropped for
 #            --fault-for), switchover (`lifeboat switchover --to eu-west-1`: the planned write
 #            pause). The faults are in faults.sh, shared with run-patroni.sh.
+#        --fault drill-region: `lifeboat drill run region` (scenario region-outage: every port
+#            of region us-east silent for --fault-for, then undone, rejoin and failback),
+#            canary.py measuring beside the drill's own canary (bench/drills/).
 #        ./run-lifeboat.sh --stalls N [--stall-ms MS]   # instead of the kill: SIGSTOP the
 #            primary's processes for MS (300) ms, SIGCONT, N times 1 s apart; counts failovers
 #            (expected: 0) and writes results-stall/<run_id>.json
@@ -65,7 +68,11 @@ done
 . "$HERE/faults.sh"
 # shellcheck source=common.sh
 . "$HERE/common.sh"
-fault_check "$FAULT" || exit 2
+if [[ "$FAULT" == drill-region ]]; then
+  command -v nft >/dev/null || { echo "nft missing: apt-get install nftables" >&2; exit 2; }
+else
+  fault_check "$FAULT" || exit 2
+fi
 PY="$("$PYTHON" -c 'import sys; print(sys.executable)')"
 "$PY" -c 'import psycopg' 2>/dev/null || { echo "psycopg 3 missing: run $SHARED/install.sh" >&2; exit 2; }
 [[ -f "$SHARED/canary.py" ]] || { echo "canary.py not found in $SHARED (set SHARED=)" >&2; exit 2; }
@@ -156,6 +163,12 @@ name = "eu-west-1"
 host = "127.0.0.1"
 port = $P2
 control = { data-dir = "$T/eu-west-1" }
+[drills.region]
+scenario = "region-outage"
+service = "bench"
+region = "us-east"
+duration = "${FAULT_FOR}s"
+canary-interval = "10ms"
 EOF
   LIFEBOAT_API_TOKEN="$(head -c 18 /dev/urandom | base64)"; export LIFEBOAT_API_TOKEN
   "$LIFEBOAT" run -c "$T/lifeboat.toml" > "$T/lifeboat.log" 2>&1 < /dev/null &
@@ -187,7 +200,17 @@ EOF
   local victims; victims="$(pids_in_datadir "$T/us-east-1" | tr '\n' ' ')"
   [[ -n "${victims// }" ]] || { log "no primary processes found"; return 6; }
   cat /proc/loadavg > "$T/loadavg_at_fault"
-  if [[ "$FAULT" == switchover ]]; then
+  if [[ "$FAULT" == drill-region ]]; then
+    # Lifeboat's own drill applies the fault (every port of region us-east silent), holds it
+    # for --fault-for, undoes it and fails back; canary.py measures the same fault beside it.
+    local t0="$EPOCHREALTIME"
+    "$LIFEBOAT" drill run region --json --api "http://127.0.0.1:$API" > "$T/drill.json" 2> "$T/drill.err" \
+      || log "WARNING: the drill did not pass: $(tail -3 "$T/drill.err")"
+    echo "$t0 $EPOCHREALTIME" > "$T/drill_wall"
+    FAULT_TS="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["fault_at_ms"] / 1000)' "$T/drill.json")" \
+      || { log "no fault time in the drill report"; return 6; }
+    FAULT_TS_AFTER="$FAULT_TS"
+  elif [[ "$FAULT" == switchover ]]; then
     FAULT_TS="$EPOCHREALTIME"
     "$LIFEBOAT" switchover --to eu-west-1 --api "http://127.0.0.1:$API" > "$T/switchover.out" 2>&1 \
       || log "WARNING: switchover failed: $(tail -3 "$T/switchover.out")"
@@ -261,12 +284,24 @@ res = {
      "lifeboat_fault_to_detect_s": ms("detect_ms"), "lifeboat_fault_to_promoted_s": ms("promote_ms"),
      "lifeboat_fault_to_first_write_s": ms("first_write_ms"), "lag_bytes_at_fault": fig.get("lag_bytes_at_fault")},
 }
+drill = load(f"{T}/drill.json")
+if drill:
+    m = drill.get("measured") or {}
+    wall = open(f"{T}/drill_wall").read().split()
+    res["drill"] = {"run": drill.get("id"), "status": drill.get("status"), "rto_s": None if m.get("rto_ms") is None else m["rto_ms"] / 1000,
+                    "acked": m.get("acked"), "lost": len(m.get("lost") or []), "primary_after": drill.get("primary_after"),
+                    "primary_at_end": drill.get("primary_at_end"),
+                    "duration_s": round((drill["ended_ms"] - drill["started_ms"]) / 1000, 3),
+                    "cli_wall_s": round(float(wall[1]) - float(wall[0]), 3),
+                    "verdict": drill.get("verdict")}
+    print(f"DRILL {res['run_id']}: status={drill.get('status')} drill RTO={res['drill']['rto_s']}s "
+          f"canary.py RTO={verify.get('fault_to_first_ack_s')}s lost={res['drill']['lost']} duration={res['drill']['duration_s']}s")
 with open(out, "w") as f: json.dump(res, f, indent=2)
 v = verify
 print(f"RESULT {res['run_id']}: kill->promoted={res['kill_to_promoted_s']}s RTO(max gap)={v.get('rto_max_gap_s')}s "
       f"kill->first ack={v.get('fault_to_first_ack_s')}s lost_acked={v.get('lost_acked')}")
 PYEOF
-  cp "$T/lifeboat.log" "$T/probe.json" "$T/verify.json" "$T/incidents.json" "$T/fault_ts" "$RESULTS_DIR/$run_id/" 2>/dev/null
+  cp "$T/lifeboat.log" "$T/probe.json" "$T/verify.json" "$T/incidents.json" "$T/fault_ts" "$T/drill.json" "$RESULTS_DIR/$run_id/" 2>/dev/null
   gzip -c "$T/canary.jsonl" > "$RESULTS_DIR/$run_id/canary.jsonl.gz" 2>/dev/null
   return $rc
 }

@@ -39,6 +39,22 @@ pub struct TestRecord {
 }
 
 /// What a test needs besides the repository.
+impl TestRecord {
+    fn starting(source: &str) -> TestRecord {
+        TestRecord {
+            time: OffsetDateTime::now_utc(),
+            source: source.to_string(),
+            base_snapshot: String::new(),
+            ok: false,
+            error: None,
+            rows: 0,
+            restore_s: 0.0,
+            start_s: 0.0,
+            total_s: 0.0,
+        }
+    }
+}
+
 pub struct TestSpec<'a> {
     pub source: &'a str,
     pub query: &'a str,
@@ -52,17 +68,7 @@ pub struct TestSpec<'a> {
 /// Runs one test and records it; the record says whether it passed.
 pub async fn run(repo: &Repo, spec: &TestSpec<'_>) -> Result<TestRecord> {
     let started = Instant::now();
-    let mut record = TestRecord {
-        time: OffsetDateTime::now_utc(),
-        source: spec.source.to_string(),
-        base_snapshot: String::new(),
-        ok: false,
-        error: None,
-        rows: 0,
-        restore_s: 0.0,
-        start_s: 0.0,
-        total_s: 0.0,
-    };
+    let mut record = TestRecord::starting(spec.source);
     let dir = spec
         .scratch_dir
         .join(format!("restore-test-{}", std::process::id()));
@@ -96,6 +102,13 @@ pub async fn run(repo: &Repo, spec: &TestSpec<'_>) -> Result<TestRecord> {
     }
     repo.save_json("tests", &record).await?;
     Ok(record)
+}
+
+/// Starts the restored data directory `dir` on a free loopback port, runs `spec.query`,
+/// stops it: the number of rows the query returned (an error when none).
+pub async fn count_restored(dir: &Path, spec: &TestSpec<'_>) -> Result<usize> {
+    let mut record = TestRecord::starting(spec.source);
+    query_restored(dir, spec, &mut record).await
 }
 
 async fn query_restored(dir: &Path, spec: &TestSpec<'_>, record: &mut TestRecord) -> Result<usize> {

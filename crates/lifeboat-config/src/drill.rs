@@ -6,6 +6,7 @@ use crate::types::{Config, ServiceKind};
 use crate::units::Dur;
 use lifeboat_core::drill::Scenario;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 /// How a primary-failure drill loses its primary.
@@ -62,6 +63,9 @@ pub struct DrillConfig {
     /// Judge against these instead of the tier's.
     pub rto: Option<Dur>,
     pub rpo: Option<Dur>,
+    /// data-corruption only: where the point-in-time restore goes (relative to the config
+    /// file; default: the restore test's); the PostgreSQL OS user must be able to write it.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 fn default_duration() -> Dur {
@@ -206,6 +210,55 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
                 }
             }
             Scenario::RegionOutage => {}
+            Scenario::DataCorruption => {
+                if s.kind != ServiceKind::Postgres {
+                    r.error(
+                        format!("{path}.scenario"),
+                        format!(
+                            "data-corruption restores PostgreSQL to a point in time; service {} is not PostgreSQL",
+                            d.service
+                        ),
+                    );
+                }
+                let wal = c.backup.as_ref().and_then(|b| b.wal.as_ref());
+                let source = wal.and_then(|w| {
+                    c.backup
+                        .as_ref()?
+                        .sources
+                        .get(&w.source)
+                        .map(|src| (w, src))
+                });
+                match source {
+                    None => r.error(
+                        format!("{path}.scenario"),
+                        "data-corruption restores from the continuous WAL archive: configure [backup.wal] (and a tier that takes base backups of its source)",
+                    ),
+                    Some((w, src)) => {
+                        let ours = src.follow_primary
+                            || src
+                                .postgres
+                                .as_deref()
+                                .is_some_and(|n| s.nodes().any(|(_, _, x)| x.name == n));
+                        if !ours {
+                            r.error(
+                                format!("{path}.service"),
+                                format!(
+                                    "the WAL archive (backup.wal.source = {:?}) does not follow service {}: make the source follow-primary or name one of its nodes",
+                                    w.source, d.service
+                                ),
+                            );
+                        }
+                    }
+                }
+                let scratch = d.scratch_dir.is_some()
+                    || c.backup.as_ref().is_some_and(|b| b.restore_test.is_some());
+                if !scratch {
+                    r.error(
+                        format!("{path}.scratch-dir"),
+                        "data-corruption restores into a scratch directory: set scratch-dir (writable by the postgres user) or configure [backup.restore-test]",
+                    );
+                }
+            }
             Scenario::ReplicaLag => {
                 if s.kind != ServiceKind::Postgres {
                     r.error(

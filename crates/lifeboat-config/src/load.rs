@@ -261,6 +261,11 @@ fn resolve_paths(c: &mut Config, base: &Path) {
     if let Some(b) = c.backup.as_mut() {
         b.resolve_paths(base);
     }
+    for d in c.drills.values_mut() {
+        if let Some(p) = d.scratch_dir.as_mut() {
+            abs(p)
+        }
+    }
     for r in c.services.values_mut().flat_map(|s| s.regions.values_mut()) {
         for n in &mut r.nodes {
             if let Some(p) = n.password_file.as_mut() {

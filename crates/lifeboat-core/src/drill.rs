@@ -18,13 +18,17 @@ pub enum Scenario {
     /// The standbys stop receiving WAL until they are past `max-lag`, then the primary is
     /// lost: Lifeboat must refuse to promote, and say why.
     ReplicaLag,
+    /// A destructive statement drops rows the drill wrote; they are recovered by a
+    /// point-in-time restore to just before it, into a side server, and counted.
+    DataCorruption,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 3] = [
+    pub const ALL: [Scenario; 4] = [
         Scenario::PrimaryFailure,
         Scenario::RegionOutage,
         Scenario::ReplicaLag,
+        Scenario::DataCorruption,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -32,6 +36,7 @@ impl Scenario {
             Scenario::PrimaryFailure => "primary-failure",
             Scenario::RegionOutage => "region-outage",
             Scenario::ReplicaLag => "replica-lag",
+            Scenario::DataCorruption => "data-corruption",
         }
     }
 
@@ -39,9 +44,9 @@ impl Scenario {
         Scenario::ALL.into_iter().find(|x| x.as_str() == s)
     }
 
-    /// Whether passing means a failover happened (otherwise: it was refused).
+    /// Whether passing means a failover happened.
     pub fn expects_failover(self) -> bool {
-        !matches!(self, Scenario::ReplicaLag)
+        matches!(self, Scenario::PrimaryFailure | Scenario::RegionOutage)
     }
 }
 
@@ -145,6 +150,21 @@ pub struct Record {
     /// What the rollback could not put back (a node left to rejoin, a service not healthy).
     #[serde(default)]
     pub left_broken: Option<String>,
+    /// data-corruption: what the point-in-time restore recovered.
+    #[serde(default)]
+    pub restore: Option<Restore>,
+}
+
+/// A point-in-time restore of the rows a destructive statement removed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    /// Rows written before the statement.
+    pub expected: u64,
+    /// Rows the restored copy holds (`None`: the restore or the query failed).
+    pub found: Option<u64>,
+    /// Statement → rows readable on the restored copy.
+    pub ms: Option<u64>,
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,7 +218,52 @@ pub fn verdict(r: &Record) -> Verdict {
         .primary_after
         .as_ref()
         .is_some_and(|p| *p != r.primary_before);
-    if r.scenario.expects_failover() {
+    if r.scenario == Scenario::DataCorruption {
+        if moved {
+            check(
+                "no failover",
+                false,
+                format!(
+                    "{} was promoted: a destructive statement is replicated, a failover does not undo it",
+                    r.primary_after.as_deref().unwrap_or("?")
+                ),
+            );
+        }
+        match &r.restore {
+            None => check("restored", false, "no restore was attempted".into()),
+            Some(x) => {
+                match (x.found, &x.error) {
+                    (Some(found), _) => check(
+                        "restored",
+                        found == x.expected,
+                        format!(
+                            "the copy restored to just before the statement holds {found} of the {} rows",
+                            x.expected
+                        ),
+                    ),
+                    (None, e) => check(
+                        "restored",
+                        false,
+                        format!(
+                            "the point-in-time restore failed: {}",
+                            e.as_deref().unwrap_or("no reason given")
+                        ),
+                    ),
+                }
+                if let Some(ms) = x.ms {
+                    check(
+                        "rto",
+                        ms <= r.targets.rto_ms,
+                        format!(
+                            "the rows were readable again {} after the statement (target {})",
+                            format_ms(ms),
+                            format_ms(r.targets.rto_ms)
+                        ),
+                    );
+                }
+            }
+        }
+    } else if r.scenario.expects_failover() {
         match &r.primary_after {
             Some(p) if moved => check(
                 "failover",

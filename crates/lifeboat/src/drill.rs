@@ -75,9 +75,15 @@ pub async fn run(api: &Api, name: &str, dry_run: bool, wait: bool) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(format!("unexpected answer: {e}")),
     };
-    if api.json && (dry_run || !wait) {
-        println!("{v:#}");
-        return ExitCode::SUCCESS;
+    if api.json {
+        if dry_run || !wait {
+            println!("{v:#}");
+            return ExitCode::SUCCESS;
+        }
+        return match started.run {
+            Some(id) => follow(api, id).await,
+            None => ExitCode::SUCCESS,
+        };
     }
     println!(
         "drill {}{}:",
@@ -135,7 +141,7 @@ async fn follow(api: &Api, id: i64) -> ExitCode {
         };
         failures = 0;
         let zero = r.fault_at_ms.unwrap_or(r.started_ms);
-        for e in r.timeline.iter().skip(shown) {
+        for e in r.timeline.iter().skip(shown).filter(|_| !api.json) {
             let d = e.at_ms as i64 - zero as i64;
             println!(
                 "  {}{:>8.3} s  {:<6} {}",

@@ -2,7 +2,7 @@
 //! `canary.py` measures it, and one sentence per target.
 
 use expect_test::{expect, Expect};
-use lifeboat_core::drill::{measure, verdict, Measured, Record, Scenario, Targets, Write};
+use lifeboat_core::drill::{measure, verdict, Measured, Record, Restore, Scenario, Targets, Write};
 use std::collections::BTreeSet;
 
 const F: u64 = 1_000_000; // the fault
@@ -41,6 +41,7 @@ fn record(scenario: Scenario, measured: Option<Measured>, after: &str) -> Record
         faults_undone: 1,
         aborted: None,
         left_broken: None,
+        restore: None,
     }
 }
 
@@ -177,6 +178,46 @@ fn replica_lag_passes_only_when_the_failover_was_refused_with_a_reason() {
             FAIL
               FAIL refused: nothing was promoted, but Lifeboat gave no reason while the primary was lost (was it lost?)
               FAIL canary: the canary's writes could not be read back, so nothing was measured
+              ok   rolled back: 1 of 1 faults undone
+        "#]],
+    );
+}
+
+#[test]
+fn data_corruption_passes_when_the_restored_copy_holds_every_row_in_time() {
+    let w = history(0, 0, F + 2_000);
+    let m = measure(&w, F, &all(&w));
+    let mut r = record(Scenario::DataCorruption, Some(m), "pg-a");
+    r.restore = Some(Restore {
+        expected: 1000,
+        found: Some(1000),
+        ms: Some(3_200),
+        error: None,
+    });
+    check(
+        &r,
+        expect![[r#"
+            PASS
+              ok   restored: the copy restored to just before the statement holds 1000 of the 1000 rows
+              ok   rto: the rows were readable again 3.200 s after the statement (target 5.000 s)
+              ok   data loss: 0 of 26 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+              ok   rolled back: 1 of 1 faults undone
+        "#]],
+    );
+    r.restore = Some(Restore {
+        expected: 1000,
+        found: None,
+        ms: None,
+        error: Some("no base backup of source db ends before 0/3000060".into()),
+    });
+    r.primary_after = Some("pg-b".into());
+    check(
+        &r,
+        expect![[r#"
+            FAIL
+              FAIL no failover: pg-b was promoted: a destructive statement is replicated, a failover does not undo it
+              FAIL restored: the point-in-time restore failed: no base backup of source db ends before 0/3000060
+              ok   data loss: 0 of 26 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
               ok   rolled back: 1 of 1 faults undone
         "#]],
     );

@@ -305,6 +305,7 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
                         .into(),
                 ),
                 left_broken: None,
+                restore: report.restore.clone(),
             }));
         }
         said.push(format!(
@@ -331,7 +332,22 @@ struct Prepared {
     canary: Target,
     /// replica-lag: WAL to write on the primary once the standbys are held, and the limit.
     lag: Option<(u64, u64)>,
+    /// data-corruption: where to restore from and into.
+    corruption: Option<Corruption>,
 }
+
+/// What a data-corruption drill restores from (the WAL archive's repository and source) and
+/// into (a scratch directory), and how it logs in to the restored copy.
+struct Corruption {
+    repository: lifeboat_config::RepositoryConfig,
+    source: String,
+    dir: std::path::PathBuf,
+    os_user: String,
+    login: lifeboat_postgres::ConnInfo,
+}
+
+/// Rows a data-corruption drill writes, then drops.
+const CORRUPTION_ROWS: u64 = 1000;
 
 impl Drills {
     pub fn new(
@@ -583,6 +599,7 @@ impl Drills {
         let tag = format!("{}_{}", std::process::id(), now().0);
         let mut before = Vec::new();
         let mut lag = None;
+        let mut corruption = None;
         let main = match scenario {
             Scenario::PrimaryFailure => match d.primary_fault(svc.kind) {
                 FaultKind::Kill => Fault::kill(&p.name, p.addr)?,
@@ -623,6 +640,43 @@ impl Drills {
                     ports,
                     &tag,
                 )?
+            }
+            Scenario::DataCorruption => {
+                let b = self
+                    .inner
+                    .cfg
+                    .backup
+                    .as_ref()
+                    .ok_or("no [backup] is configured")?;
+                let wal = b.wal.as_ref().ok_or("no [backup.wal] is configured")?;
+                let repository = b
+                    .repositories
+                    .get(&wal.repository)
+                    .ok_or_else(|| format!("no repository {}", wal.repository))?
+                    .clone();
+                let rt = b.restore_test.as_ref();
+                let scratch = d
+                    .scratch_dir
+                    .clone()
+                    .or_else(|| rt.map(|t| t.scratch_dir.clone()))
+                    .ok_or("no scratch directory (drills.NAME.scratch-dir)")?;
+                let os_user = rt
+                    .map(|t| t.os_user.clone())
+                    .unwrap_or_else(|| "postgres".into());
+                let dir = scratch.join(format!("drill-{tag}"));
+                let c = Corruption {
+                    repository,
+                    source: wal.source.clone(),
+                    login: lifeboat_postgres::ConnInfo::of_node(&p.config, p.password.clone()),
+                    os_user: os_user.clone(),
+                    dir: dir.clone(),
+                };
+                corruption = Some(c);
+                Fault::Scratch {
+                    target: "the side server of the point-in-time restore".into(),
+                    dir,
+                    os_user: nix::unistd::geteuid().is_root().then_some(os_user),
+                }
             }
             Scenario::ReplicaLag => {
                 for n in svc.nodes.iter().filter(|n| n.name != primary) {
@@ -680,6 +734,7 @@ impl Drills {
             targets,
             canary,
             lag,
+            corruption,
         })
     }
 
@@ -820,6 +875,19 @@ fn plan_lines(d: &DrillConfig, p: &Prepared) -> Vec<String> {
             p.primary,
             lifeboat_core::time::format_bytes(max)
         ));
+    }
+    if let Some(c) = &p.corruption {
+        l.push(format!("record {}", p.main.describe()));
+        l.push(format!(
+            "write {CORRUPTION_ROWS} rows on {} and note the WAL position, then DROP their table (the fault)",
+            p.primary
+        ));
+        l.push(format!(
+            "restore source {} from repository {} to that position into the scratch directory, start it and count the rows",
+            c.source, c.repository.location
+        ));
+        l.push("stop the restored copy and remove it".into());
+        return l;
     }
     l.push(format!(
         "record, then apply: {} (the fault)",
@@ -1000,7 +1068,10 @@ impl Run {
             aborted = self.warm_up(&canary).await.err();
         }
         if aborted.is_none() {
-            aborted = self.break_it(&p, &canary, deadline).await.err();
+            aborted = match &p.corruption {
+                Some(c) => self.corrupt_and_restore(&p, c, deadline).await.err(),
+                None => self.break_it(&p, &canary, deadline).await.err(),
+            };
         }
         // Rollback, always.
         // The fault first. When no failover may happen, the lost primary must be seen back
@@ -1119,6 +1190,7 @@ impl Run {
             faults_undone: undone,
             aborted: aborted.clone(),
             left_broken,
+            restore: self.report.restore.clone(),
         });
         self.report.status = if aborted.is_some() {
             "aborted"
@@ -1268,6 +1340,153 @@ impl Run {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.held_result(result)
+    }
+
+    /// data-corruption: rows written, their table dropped (the fault), then a point-in-time
+    /// restore to just before the statement into the scratch directory, started and counted.
+    /// The restore's outcome goes into the report; an error here stops the drill.
+    async fn corrupt_and_restore(
+        &mut self,
+        p: &Prepared,
+        c: &Corruption,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        self.apply(p.main.clone()).await?;
+        let table = format!("lifeboat_drill_rows_{}", self.report.id);
+        let db = lifeboat_postgres::connect(&c.login, Duration::from_secs(5))
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", p.primary))?;
+        let sql = |q: String| {
+            let db = &db;
+            async move {
+                tokio::time::timeout(Duration::from_secs(30), db.simple_query(&q))
+                    .await
+                    .map_err(|_| format!("{q}: no answer within 30 s"))?
+                    .map_err(|e| format!("{q}: {e}"))
+            }
+        };
+        sql(format!(
+            "CREATE TABLE {table} AS SELECT g AS n FROM generate_series(1, {CORRUPTION_ROWS}) g"
+        ))
+        .await?;
+        let lsn = db
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get::<_, String>(0);
+        let at = lifeboat_postgres::parse_lsn(&lsn).ok_or_else(|| format!("bad LSN {lsn}"))?;
+        self.note(
+            "ok",
+            format!(
+                "wrote {CORRUPTION_ROWS} rows into {table} on {} (WAL at {lsn})",
+                p.primary
+            ),
+        );
+        let fault_at = now();
+        self.report.fault_at_ms = Some(fault_at.0);
+        sql(format!("DROP TABLE {table}")).await?;
+        self.note(
+            "ok",
+            format!("the destructive statement: DROP TABLE {table}"),
+        );
+        // Close the segment, so the archive reaches past the target at once.
+        sql("SELECT pg_switch_wal()".into()).await?;
+        drop(db);
+
+        let mut restore = drill::Restore {
+            expected: CORRUPTION_ROWS,
+            found: None,
+            ms: None,
+            error: None,
+        };
+        let outcome = self.restore_to(c, at, &table, deadline).await;
+        match outcome {
+            Ok(rows) => {
+                restore.found = Some(rows as u64);
+                restore.ms = Some(now().since(fault_at));
+                self.note(
+                    if rows as u64 == CORRUPTION_ROWS {
+                        "ok"
+                    } else {
+                        "failed"
+                    },
+                    format!("the restored copy holds {rows} of the {CORRUPTION_ROWS} rows"),
+                );
+            }
+            Err(e) => {
+                self.note("failed", format!("the point-in-time restore failed: {e}"));
+                restore.error = Some(e);
+            }
+        }
+        self.report.restore = Some(restore);
+        self.report.primary_after = self.status().primary;
+        Ok(())
+    }
+
+    /// Restores `c.source` to the WAL position `at` into `c.dir` (waiting, within the
+    /// deadline, until the archive reaches it), starts it and counts the rows of `table`.
+    async fn restore_to(
+        &mut self,
+        c: &Corruption,
+        at: u64,
+        table: &str,
+        deadline: Instant,
+    ) -> Result<usize, String> {
+        use lifeboat_backup::postgres::{restore_pitr, Pick, Target};
+        let repo = lifeboat_backup::scheduler::open_repo(&c.repository)
+            .await
+            .map_err(|e| format!("opening repository {}: {e}", c.repository.location))?;
+        let parent = c.dir.parent().unwrap_or(&c.dir).to_path_buf();
+        std::fs::create_dir_all(&parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        loop {
+            let _ = std::fs::remove_dir_all(&c.dir);
+            let r = restore_pitr(
+                &repo,
+                Target::Lsn(at),
+                Pick {
+                    source: Some(&c.source),
+                    base: None,
+                },
+                &c.dir,
+                &lifeboat_backup::progress::Progress::hidden(),
+            )
+            .await;
+            match r {
+                Ok(summary) => {
+                    self.note(
+                        "ok",
+                        format!(
+                            "restored base backup {} and {} WAL files up to {}",
+                            summary.base_snapshot,
+                            summary.wal_files,
+                            lifeboat_postgres::format_lsn(at)
+                        ),
+                    );
+                    break;
+                }
+                Err(e)
+                    if e.to_string().contains("ends before the target")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            if let Some(why) = self.stopped() {
+                return Err(why);
+            }
+        }
+        let query = format!("SELECT n FROM {table}");
+        let spec = lifeboat_backup::restore_test::TestSpec {
+            source: &c.source,
+            query: &query,
+            scratch_dir: &parent,
+            os_user: &c.os_user,
+            login: c.login.clone(),
+        };
+        lifeboat_backup::restore_test::count_restored(&c.dir, &spec)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     fn held_result(&mut self, r: Result<(), String>) -> Result<(), String> {

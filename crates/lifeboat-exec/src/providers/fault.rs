@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// A process as the kernel knows it: PID and start time (clock ticks since boot), which
@@ -39,6 +40,13 @@ pub enum Fault {
         target: String,
         ports: Vec<u16>,
         table: String,
+    },
+    /// A scratch directory a drill restores a side server into. Applying it changes
+    /// nothing; undoing it stops the server there, if one runs, and removes the directory.
+    Scratch {
+        target: String,
+        dir: PathBuf,
+        os_user: Option<String>,
     },
 }
 
@@ -103,6 +111,7 @@ impl Fault {
             Fault::Pause { target, procs } => {
                 format!("pause {target} ({} processes)", procs.len())
             }
+            Fault::Scratch { target, dir, .. } => format!("{target} in {}", dir.display()),
             Fault::Silence { target, ports, .. } => format!(
                 "silence {target} (ports {})",
                 ports
@@ -131,6 +140,9 @@ impl Fault {
                     Err(e) => Answer::Failed(e),
                 }
             }
+            Fault::Scratch { dir, .. } => {
+                Answer::Ok(format!("{} is removed by the rollback", dir.display()))
+            }
         }
     }
 
@@ -149,7 +161,49 @@ impl Fault {
                     Err(e) => Answer::Failed(e),
                 }
             }
+            Fault::Scratch { dir, os_user, .. } => {
+                remove_scratch(dir, os_user.clone(), budget).await
+            }
         }
+    }
+}
+
+/// Stops the PostgreSQL server of `dir` if one runs there, then removes `dir` and its log.
+async fn remove_scratch(
+    dir: &std::path::Path,
+    os_user: Option<String>,
+    budget: Duration,
+) -> Answer {
+    let mut said = String::new();
+    if dir.join("postmaster.pid").exists() {
+        let server = lifeboat_postgres::LocalServer::find_bin_dir().map(|bin_dir| {
+            lifeboat_postgres::LocalServer {
+                bin_dir,
+                data_dir: dir.to_path_buf(),
+                os_user,
+                port: 0,
+            }
+        });
+        match server {
+            Ok(s) => match s.stop(lifeboat_postgres::StopMode::Fast, budget).await {
+                Ok(()) => said.push_str("its server stopped; "),
+                Err(e) => {
+                    return Answer::Failed(format!("stopping the server in {}: {e}", dir.display()))
+                }
+            },
+            Err(e) => return Answer::Failed(e.to_string()),
+        }
+    }
+    // The server's log sits beside its data directory (`LocalServer::log_file`).
+    let mut log = dir.as_os_str().to_owned();
+    log.push(".log");
+    let _ = std::fs::remove_file(log);
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Answer::Ok(format!("{said}{} removed", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Answer::Ok(format!("{said}{} was already gone", dir.display()))
+        }
+        Err(e) => Answer::Failed(format!("removing {}: {e}", dir.display())),
     }
 }
 

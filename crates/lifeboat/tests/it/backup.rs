@@ -746,7 +746,7 @@ fn is_of(s: &Value, pg: &PgCluster) -> bool {
         .is_some_and(|r| r.contains(&format!("port={} ", pg.port())))
 }
 
-async fn wait_for_base_backup_of(repo: &str, pg: &PgCluster, d: &Daemon) -> Result<()> {
+pub async fn wait_for_base_backup_of(repo: &str, pg: &PgCluster, d: &Daemon) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !snapshots(repo)?.iter().any(|s| is_of(s, pg)) {
         anyhow::ensure!(

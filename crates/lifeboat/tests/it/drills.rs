@@ -482,3 +482,87 @@ async fn an_aborted_drill_and_a_daemon_stopped_mid_drill_undo_their_fault() -> R
     );
     Ok(())
 }
+
+/// A destructive statement (the drill's own rows dropped) recovered by a point-in-time
+/// restore to just before it, from the continuous WAL archive, into a side server that the
+/// drill starts, counts and removes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_corruption_drill_restores_the_dropped_rows_to_just_before_the_statement(
+) -> Result<()> {
+    let r = TwoRegions::start("drill-pitr", "").await?;
+    let dir = &r.dir;
+    let (repo, pass) = crate::backup::new_repo(dir)?;
+    let scratch = dir.subdir("scratch")?;
+    let mut config = std::fs::read_to_string(&r.config_path)?;
+    config.push_str(&format!(
+        r#"
+[backup.repositories.main]
+location = "{repo}"
+password-file = "{pass}"
+
+[backup.sources.db]
+follow-primary = true
+
+[backup.tiers.base]
+kind = "full"
+sources = ["db"]
+repository = "main"
+every = "1h"
+keep = {{ last = 2 }}
+
+[backup.wal]
+source = "db"
+repository = "main"
+spool-dir = "{spool}"
+upload-every = "300ms"
+
+[drills.oops]
+scenario = "data-corruption"
+service = "orders"
+scratch-dir = "{scratch}"
+"#,
+        pass = pass.display(),
+        spool = dir.path().join("spool").display(),
+        scratch = scratch.display(),
+    ));
+    std::fs::write(&r.config_path, config)?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    crate::backup::wait_for_base_backup_of(&repo, &r.primary, &d).await?;
+
+    let out = d.cli(&["drill", "run", "oops"]);
+    let rep = only_run(&d, "oops").await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert_eq!(rep["restore"]["found"], 1000, "{rep:#}");
+    assert_eq!(
+        checks(&rep).into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        ["restored", "rto", "data loss", "rolled back"]
+    );
+    assert_eq!(rep["primary_after"], "us-east-1", "no failover");
+    assert_eq!(
+        std::fs::read_dir(&scratch)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<Vec<_>, _>>()?
+            .len(),
+        0,
+        "the restored copy is removed: {}",
+        timeline(&rep)
+    );
+    // The dropped table is gone from the primary: only the restored copy had it.
+    let c = lifeboat_postgres::connect(&r.endpoint_conninfo(), Duration::from_secs(5)).await?;
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'lifeboat_drill_rows_%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(n, 0);
+    Ok(())
+}
