@@ -35,7 +35,7 @@ impl FaultKind {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DrillConfig {
-    /// primary-failure, region-outage or replica-lag.
+    /// primary-failure, region-outage, gradual-degradation, replica-lag or data-corruption.
     pub scenario: String,
     /// The service broken on purpose.
     pub service: String,
@@ -210,6 +210,17 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
                 }
             }
             Scenario::RegionOutage => {}
+            Scenario::GradualDegradation => {
+                if d.duration.get() < std::time::Duration::from_secs(8) {
+                    r.error(
+                        format!("{path}.duration"),
+                        format!(
+                            "gradual-degradation runs three latency stages and then the loss, a quarter of duration each, and the loss must outlast detection: give it at least \"8s\" (it is {})",
+                            d.duration
+                        ),
+                    );
+                }
+            }
             Scenario::DataCorruption => {
                 if s.kind != ServiceKind::Postgres {
                     r.error(

@@ -15,6 +15,10 @@ pub enum Scenario {
     PrimaryFailure,
     /// Every node and check of a region goes silent (its packets are dropped).
     RegionOutage,
+    /// The primary slows down in steps (its processes stopped for longer and longer slices
+    /// of time: every request waits up to that long), then is lost. Lifeboat must not fail
+    /// over while it is only slow, and must once it is lost.
+    GradualDegradation,
     /// The standbys stop receiving WAL until they are past `max-lag`, then the primary is
     /// lost: Lifeboat must refuse to promote, and say why.
     ReplicaLag,
@@ -24,9 +28,10 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::PrimaryFailure,
         Scenario::RegionOutage,
+        Scenario::GradualDegradation,
         Scenario::ReplicaLag,
         Scenario::DataCorruption,
     ];
@@ -35,6 +40,7 @@ impl Scenario {
         match self {
             Scenario::PrimaryFailure => "primary-failure",
             Scenario::RegionOutage => "region-outage",
+            Scenario::GradualDegradation => "gradual-degradation",
             Scenario::ReplicaLag => "replica-lag",
             Scenario::DataCorruption => "data-corruption",
         }
@@ -46,7 +52,10 @@ impl Scenario {
 
     /// Whether passing means a failover happened.
     pub fn expects_failover(self) -> bool {
-        matches!(self, Scenario::PrimaryFailure | Scenario::RegionOutage)
+        matches!(
+            self,
+            Scenario::PrimaryFailure | Scenario::RegionOutage | Scenario::GradualDegradation
+        )
     }
 }
 
@@ -153,6 +162,16 @@ pub struct Record {
     /// data-corruption: what the point-in-time restore recovered.
     #[serde(default)]
     pub restore: Option<Restore>,
+    /// gradual-degradation: the slowest stage (its longest stall, ms), and the node promoted
+    /// while the primary was only slow, if one was.
+    #[serde(default)]
+    pub degraded: Option<Degraded>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Degraded {
+    pub max_stall_ms: u64,
+    pub promoted_while_slow: Option<String>,
 }
 
 /// A point-in-time restore of the rows a destructive statement removed.
@@ -264,6 +283,28 @@ pub fn verdict(r: &Record) -> Verdict {
             }
         }
     } else if r.scenario.expects_failover() {
+        if let Some(d) = &r.degraded {
+            match &d.promoted_while_slow {
+                None => check(
+                    "held while slow",
+                    true,
+                    format!(
+                        "{} stayed the primary through stalls of up to {}",
+                        r.primary_before,
+                        format_ms(d.max_stall_ms)
+                    ),
+                ),
+                Some(n) => check(
+                    "held while slow",
+                    false,
+                    format!(
+                        "{n} was promoted while {} was only slow (stalls of up to {})",
+                        r.primary_before,
+                        format_ms(d.max_stall_ms)
+                    ),
+                ),
+            }
+        }
         match &r.primary_after {
             Some(p) if moved => check(
                 "failover",

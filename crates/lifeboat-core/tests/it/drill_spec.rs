@@ -2,7 +2,9 @@
 //! `canary.py` measures it, and one sentence per target.
 
 use expect_test::{expect, Expect};
-use lifeboat_core::drill::{measure, verdict, Measured, Record, Restore, Scenario, Targets, Write};
+use lifeboat_core::drill::{
+    measure, verdict, Degraded, Measured, Record, Restore, Scenario, Targets, Write,
+};
 use std::collections::BTreeSet;
 
 const F: u64 = 1_000_000; // the fault
@@ -42,6 +44,7 @@ fn record(scenario: Scenario, measured: Option<Measured>, after: &str) -> Record
         aborted: None,
         left_broken: None,
         restore: None,
+        degraded: None,
     }
 }
 
@@ -220,5 +223,45 @@ fn data_corruption_passes_when_the_restored_copy_holds_every_row_in_time() {
               ok   data loss: 0 of 26 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
               ok   rolled back: 1 of 1 faults undone
         "#]],
+    );
+}
+
+#[test]
+fn gradual_degradation_fails_a_failover_while_the_primary_was_only_slow() {
+    let w = history(F, F + 1_300, F + 2_000);
+    let mut r = record(
+        Scenario::GradualDegradation,
+        Some(measure(&w, F, &all(&w))),
+        "pg-b",
+    );
+    r.degraded = Some(Degraded {
+        max_stall_ms: 400,
+        promoted_while_slow: None,
+    });
+    check(
+        &r,
+        expect![[r#"
+        PASS
+          ok   held while slow: pg-a stayed the primary through stalls of up to 400 ms
+          ok   failover: pg-b was promoted in place of pg-a
+          ok   rto: the first write was acknowledged 1.305 s after the fault (target 5.000 s)
+          ok   data loss: 0 of 13 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+          ok   rolled back: 1 of 1 faults undone
+    "#]],
+    );
+    r.degraded = Some(Degraded {
+        max_stall_ms: 400,
+        promoted_while_slow: Some("pg-b".into()),
+    });
+    check(
+        &r,
+        expect![[r#"
+        FAIL
+          FAIL held while slow: pg-b was promoted while pg-a was only slow (stalls of up to 400 ms)
+          ok   failover: pg-b was promoted in place of pg-a
+          ok   rto: the first write was acknowledged 1.305 s after the fault (target 5.000 s)
+          ok   data loss: 0 of 13 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+          ok   rolled back: 1 of 1 faults undone
+    "#]],
     );
 }

@@ -306,6 +306,7 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
                 ),
                 left_broken: None,
                 restore: report.restore.clone(),
+                degraded: report.degraded.clone(),
             }));
         }
         said.push(format!(
@@ -344,6 +345,15 @@ struct Corruption {
     dir: std::path::PathBuf,
     os_user: String,
     login: lifeboat_postgres::ConnInfo,
+}
+
+/// gradual-degradation: (stall, period) in ms, the primary's processes stopped for `stall`
+/// of every `period`, in rising stages; the loss follows.
+const STAGES: [(u64, u64); 3] = [(50, 250), (150, 300), (400, 500)];
+
+/// Each gradual-degradation stage, and its loss, lasts a quarter of the drill's duration.
+fn stage_length(d: &DrillConfig) -> Duration {
+    d.duration.get() / 4
 }
 
 /// Rows a data-corruption drill writes, then drops.
@@ -608,6 +618,10 @@ impl Drills {
                     Fault::silence(format!("node {}", p.name), vec![p.addr.port()], &tag)?
                 }
             },
+            Scenario::GradualDegradation => {
+                before.push(Fault::throttle(&p.name, p.addr)?);
+                Fault::pause(&p.name, p.addr)?
+            }
             Scenario::RegionOutage => {
                 let region = d.region.clone().unwrap_or_else(|| p.region.clone());
                 if region != p.region {
@@ -1191,6 +1205,7 @@ impl Run {
             aborted: aborted.clone(),
             left_broken,
             restore: self.report.restore.clone(),
+            degraded: self.report.degraded.clone(),
         });
         self.report.status = if aborted.is_some() {
             "aborted"
@@ -1259,6 +1274,10 @@ impl Run {
             }
             self.note("ok", "Lifeboat sees every standby past max-lag");
         }
+        let degrading = p.scenario == Scenario::GradualDegradation;
+        if degrading {
+            self.degrade(p, deadline).await?;
+        }
         let other_incidents: BTreeMap<String, Option<i64>> = self
             .inner
             .services
@@ -1271,7 +1290,12 @@ impl Run {
         let fault_at = now();
         self.report.fault_at_ms = Some(fault_at.0);
         self.apply(p.main.clone()).await?;
-        let hold_until = Instant::now() + self.d.duration.get();
+        let hold_until = Instant::now()
+            + if degrading {
+                stage_length(&self.d)
+            } else {
+                self.d.duration.get()
+            };
         let result = loop {
             if let Some(why) = self.stopped() {
                 break Err(why);
@@ -1487,6 +1511,59 @@ impl Run {
         lifeboat_backup::restore_test::count_restored(&c.dir, &spec)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// gradual-degradation: the primary is stopped for longer and longer slices of time
+    /// ([`STAGES`]), each stage a quarter of the drill's duration; the loss (the last quarter)
+    /// follows in `break_it`. Records whether anything was promoted meanwhile.
+    async fn degrade(&mut self, p: &Prepared, deadline: Instant) -> Result<(), String> {
+        let throttle = p.before.first().cloned().ok_or("no throttle")?;
+        let stage = stage_length(&self.d);
+        let mut promoted = None;
+        let mut max_stall = 0;
+        'stages: for (stall, period) in STAGES {
+            self.note(
+                "info",
+                format!(
+                    "latency stage: {} stopped {stall} ms of every {period} ms",
+                    p.primary
+                ),
+            );
+            max_stall = stall;
+            let end = Instant::now() + stage;
+            while Instant::now() < end {
+                if let Some(why) = self.stopped() {
+                    throttle.stall(false);
+                    return Err(why);
+                }
+                if Instant::now() >= deadline {
+                    throttle.stall(false);
+                    return Err(format!("timed out after {}", self.d.timeout));
+                }
+                throttle.stall(true);
+                tokio::time::sleep(Duration::from_millis(stall)).await;
+                throttle.stall(false);
+                tokio::time::sleep(Duration::from_millis(period - stall)).await;
+                let now_primary = self.status().primary;
+                if now_primary.as_deref() != Some(p.primary.as_str()) {
+                    promoted = now_primary;
+                    self.note(
+                        "failed",
+                        format!(
+                            "{} was promoted while {} was only slow",
+                            promoted.as_deref().unwrap_or("nothing"),
+                            p.primary
+                        ),
+                    );
+                    break 'stages;
+                }
+            }
+        }
+        self.report.degraded = Some(drill::Degraded {
+            max_stall_ms: max_stall,
+            promoted_while_slow: promoted,
+        });
+        Ok(())
     }
 
     fn held_result(&mut self, r: Result<(), String>) -> Result<(), String> {

@@ -1,7 +1,7 @@
 //! A drill's report: kept as JSON in the store, rendered as Markdown for people and as an SVG
 //! chart of the canary's writes around the fault.
 
-use lifeboat_core::drill::{Measured, Restore, Targets, Verdict, Write};
+use lifeboat_core::drill::{Degraded, Measured, Restore, Targets, Verdict, Write};
 use lifeboat_core::time::format_ms;
 use lifeboat_core::Millis;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,9 @@ pub struct Report {
     /// data-corruption: what the point-in-time restore recovered.
     #[serde(default)]
     pub restore: Option<Restore>,
+    /// gradual-degradation: the slowest stage and anything promoted during it.
+    #[serde(default)]
+    pub degraded: Option<Degraded>,
     pub verdict: Option<Verdict>,
     /// The canary's writes (for the chart).
     pub writes: Vec<Write>,

@@ -34,6 +34,9 @@ pub enum Fault {
     Kill { target: String, procs: Vec<Proc> },
     /// SIGSTOP; undone by SIGCONT.
     Pause { target: String, procs: Vec<Proc> },
+    /// Stopped and continued in turns by the drill (latency that rises in steps); undone by
+    /// SIGCONT.
+    Throttle { target: String, procs: Vec<Proc> },
     /// Every TCP packet to and from `ports` on this machine dropped, by an nftables table of
     /// its own; undone by deleting the table.
     Silence {
@@ -65,6 +68,30 @@ impl Fault {
             target: format!("node {node}"),
             procs: server_processes(node, addr)?,
         })
+    }
+
+    /// The server listening on `addr` and its processes, for the drill to stop and continue
+    /// in turns ([`Fault::stall`]).
+    pub fn throttle(node: &str, addr: SocketAddr) -> Result<Fault, String> {
+        Ok(Fault::Throttle {
+            target: format!("node {node}"),
+            procs: server_processes(node, addr)?,
+        })
+    }
+
+    /// Stops (`true`) or continues the processes of a throttle.
+    pub fn stall(&self, stopped: bool) -> Answer {
+        match self {
+            Fault::Throttle { procs, .. } => signal_all(
+                procs,
+                if stopped {
+                    Signal::SIGSTOP
+                } else {
+                    Signal::SIGCONT
+                },
+            ),
+            other => Answer::Failed(format!("{} is not a throttle", other.describe())),
+        }
     }
 
     /// SIGSTOP to the WAL receiver of the PostgreSQL standby listening on `addr`: the standby
@@ -111,6 +138,9 @@ impl Fault {
             Fault::Pause { target, procs } => {
                 format!("pause {target} ({} processes)", procs.len())
             }
+            Fault::Throttle { target, procs } => {
+                format!("slow {target} down ({} processes)", procs.len())
+            }
             Fault::Scratch { target, dir, .. } => format!("{target} in {}", dir.display()),
             Fault::Silence { target, ports, .. } => format!(
                 "silence {target} (ports {})",
@@ -127,6 +157,9 @@ impl Fault {
         match self {
             Fault::Kill { procs, .. } => signal_all(procs, Signal::SIGKILL),
             Fault::Pause { procs, .. } => signal_all(procs, Signal::SIGSTOP),
+            Fault::Throttle { .. } => {
+                Answer::Ok("the drill stops and continues them in turns".into())
+            }
             Fault::Silence { ports, table, .. } => {
                 let drops: String = ports
                     .iter()
@@ -151,7 +184,9 @@ impl Fault {
             Fault::Kill { .. } => {
                 Answer::Ok("a killed server is brought back by the rejoin of the rollback".into())
             }
-            Fault::Pause { procs, .. } => signal_all(procs, Signal::SIGCONT),
+            Fault::Pause { procs, .. } | Fault::Throttle { procs, .. } => {
+                signal_all(procs, Signal::SIGCONT)
+            }
             Fault::Silence { table, .. } => {
                 match nft(&["delete", "table", "inet", table], None, budget).await {
                     Ok(()) => Answer::Ok(format!("nftables table {table} deleted")),
@@ -378,4 +413,49 @@ fn cmdline(pid: i32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SELF: &str =
+        "providers::fault::tests::a_silent_network_without_root_is_refused_naming_the_alternative";
+
+    /// Without root the silence fault is refused, naming what works without root. Run as
+    /// root (CI), the test runs itself again as `nobody`.
+    #[test]
+    fn a_silent_network_without_root_is_refused_naming_the_alternative() {
+        if !nix::unistd::geteuid().is_root() {
+            let e = Fault::silence("node pg-a".into(), vec![5432], "t").unwrap_err();
+            assert!(e.contains("needs root"), "{e}");
+            assert!(e.contains("fault = \"pause\""), "{e}");
+            println!("refused as uid {}: {e}", nix::unistd::geteuid());
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .args(["--exact", SELF, "--nocapture"])
+            .output()
+            .expect("setpriv (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("Permission denied")
+        {
+            eprintln!(
+                "skipped: nobody cannot run {}: {}",
+                exe.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("refused as uid 65534"), "{text}");
+    }
 }

@@ -339,7 +339,7 @@ async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
     let text = stderr(&out) + &stdout(&out);
     for want in [
         "drills.typo.scenario",
-        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, replica-lag",
+        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, gradual-degradation, replica-lag, data-corruption",
         "drills.nobody.service",
         "unknown service \"payments\"; known services: orders",
         "drills.cron.schedule",
@@ -564,5 +564,44 @@ scratch-dir = "{scratch}"
         .await?
         .get(0);
     assert_eq!(n, 0);
+    Ok(())
+}
+
+/// The primary slows down in three stages (stalls of 50, 150, 400 ms), then is lost: no
+/// failover while it is only slow, a failover once it is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gradual_degradation_drill_holds_while_the_primary_is_slow_and_fails_over_when_lost(
+) -> Result<()> {
+    let r = regions(
+        "drill-slow",
+        "",
+        "[drills.slow]\nscenario = \"gradual-degradation\"\nservice = \"orders\"\nduration = \"8s\"\n",
+    )
+    .await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "slow"]);
+    let rep = only_run(&d, "slow").await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert_eq!(rep["degraded"]["max_stall_ms"], 400);
+    assert!(rep["degraded"]["promoted_while_slow"].is_null());
+    assert_eq!(
+        checks(&rep).into_iter().map(|c| c.0).collect::<Vec<_>>(),
+        [
+            "held while slow",
+            "failover",
+            "rto",
+            "data loss",
+            "rolled back"
+        ]
+    );
+    assert_eq!(rep["primary_after"], "eu-west-1");
+    assert_eq!(rep["primary_at_end"], "us-east-1");
     Ok(())
 }
