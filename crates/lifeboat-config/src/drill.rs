@@ -96,6 +96,37 @@ impl DrillConfig {
     }
 }
 
+/// A recurring maintenance window: it opens at each time `start` names and stays open for
+/// `duration`. While it is open, drills of its services do not start (a scheduled run is
+/// recorded as skipped) unless `allow-drills`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MaintenanceConfig {
+    /// Cron expression (5 fields, UTC) of the window's openings.
+    pub start: String,
+    pub duration: Dur,
+    /// The services it covers (default: all).
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub allow_drills: bool,
+}
+
+impl MaintenanceConfig {
+    /// When the window that is open at `t` (ms since the Unix epoch) opened, if one is.
+    pub fn open_at(&self, t: u64) -> Option<u64> {
+        let cron = parse_schedule(&self.start).ok()?;
+        let at = chrono::DateTime::from_timestamp_millis(t as i64)?;
+        let opened = cron.find_previous_occurrence(&at, true).ok()?;
+        let opened = opened.timestamp_millis() as u64;
+        (t < opened.saturating_add(self.duration.get().as_millis() as u64)).then_some(opened)
+    }
+
+    pub fn covers(&self, service: &str) -> bool {
+        self.services.is_empty() || self.services.iter().any(|s| s == service)
+    }
+}
+
 /// Parses a drill schedule: five fields (minute hour day-of-month month day-of-week), UTC.
 pub fn parse_schedule(s: &str) -> Result<croner::Cron, String> {
     if s.split_whitespace().count() != 5 {
@@ -109,6 +140,27 @@ pub fn parse_schedule(s: &str) -> Result<croner::Cron, String> {
 }
 
 pub(crate) fn validate(c: &Config, r: &mut Report) {
+    for (name, m) in &c.maintenance {
+        let path = format!("maintenance.{name}");
+        if let Err(e) = parse_schedule(&m.start) {
+            r.error(format!("{path}.start"), e);
+        }
+        if m.duration.get().is_zero() {
+            r.error(format!("{path}.duration"), "must be greater than 0");
+        }
+        for s in &m.services {
+            if !c.services.contains_key(s) {
+                let known: Vec<&str> = c.services.keys().map(String::as_str).collect();
+                r.error(
+                    format!("{path}.services"),
+                    format!(
+                        "unknown service {s:?}; known services: {}",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+    }
     for (name, d) in &c.drills {
         let path = format!("drills.{name}");
         if name.is_empty()

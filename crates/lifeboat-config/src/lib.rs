@@ -18,7 +18,7 @@ pub use backup::{
     is_safe_name, BackupConfig, BackupTierConfig, RepositoryConfig, RestoreTestConfig, Retention,
     SourceConfig, TierKind, WalConfig, WalMode,
 };
-pub use drill::{parse_schedule, DrillConfig, FaultKind};
+pub use drill::{parse_schedule, DrillConfig, FaultKind, MaintenanceConfig};
 pub use load::{load, parse, ConfigError, Loaded};
 pub use report::{Finding, Report};
 pub use secret::{read_secret, SecretError};

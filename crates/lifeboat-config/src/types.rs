@@ -1,7 +1,7 @@
 //! The shape of `lifeboat.toml`. Every struct rejects unknown keys.
 
 use crate::backup::BackupConfig;
-use crate::drill::DrillConfig;
+use crate::drill::{DrillConfig, MaintenanceConfig};
 use crate::units::{Dur, Size};
 use lifeboat_core::model::{FailoverMode, RegionRole, ReplicationMode};
 use serde::Deserialize;
@@ -24,6 +24,9 @@ pub struct Config {
     /// Drills by name: faults applied on purpose, recovery measured, everything undone.
     #[serde(default)]
     pub drills: BTreeMap<String, DrillConfig>,
+    /// Maintenance windows by name: when they are open, drills of their services do not start.
+    #[serde(default)]
+    pub maintenance: BTreeMap<String, MaintenanceConfig>,
 }
 
 /// The datastore a service runs on; it picks the provider that probes, fences and promotes

@@ -317,3 +317,34 @@ follow-primary = true
         "{report}"
     );
 }
+
+#[test]
+fn a_maintenance_window_is_open_from_each_opening_for_its_duration() {
+    let m = lifeboat_config::MaintenanceConfig {
+        start: "0 22 * * FRI".into(),
+        duration: "4h".parse().unwrap(),
+        services: vec![],
+        allow_drills: false,
+    };
+    let ms = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp() as u64
+            * 1000
+    };
+    // 2026-12-04 is a Friday.
+    let opened = ms("2026-12-04T22:00:00Z");
+    assert_eq!(m.open_at(ms("2026-12-04T22:00:00Z")), Some(opened));
+    assert_eq!(
+        m.open_at(ms("2026-12-05T01:59:59Z")),
+        Some(opened),
+        "past midnight"
+    );
+    assert_eq!(
+        m.open_at(ms("2026-12-05T02:00:00Z")),
+        None,
+        "closed after 4 h"
+    );
+    assert_eq!(m.open_at(ms("2026-12-04T21:59:59Z")), None);
+    assert!(m.covers("anything"));
+}

@@ -513,6 +513,19 @@ impl Drills {
             reasons,
         };
         let mut reasons = healthy(&status);
+        let t = now().0;
+        for (w, m) in &self.inner.cfg.maintenance {
+            if m.allow_drills || !m.covers(&d.service) {
+                continue;
+            }
+            if let Some(opened) = m.open_at(t) {
+                reasons.push(format!(
+                    "maintenance window {w} (opened {} UTC, for {}) does not allow drills",
+                    report::utc(opened),
+                    m.duration
+                ));
+            }
+        }
         if let Some(i) = status.last_incident {
             if let Ok(Some(inc)) = self.inner.store.incident(i) {
                 if inc.status == Outcome::Running {

@@ -354,10 +354,18 @@ async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
     let r = regions(
         "drill-unfit",
         "",
-        "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\n",
+        "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\n\n[maintenance.always]\nstart = \"* * * * *\"\nduration = \"2m\"\nservices = [\"orders\"]\n",
     )
     .await?;
     let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "hang", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("maintenance window always (opened ")
+            && stderr(&out).contains("does not allow drills"),
+        "{}",
+        stderr(&out)
+    );
     let out = d.cli(&["drill", "run", "nope"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
