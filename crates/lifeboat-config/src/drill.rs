@@ -35,14 +35,16 @@ impl FaultKind {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DrillConfig {
-    /// primary-failure, region-outage, gradual-degradation, replica-lag or data-corruption.
+    /// primary-failure, region-outage, gradual-degradation, partition, replica-lag or
+    /// data-corruption.
     pub scenario: String,
     /// The service broken on purpose.
     pub service: String,
     /// primary-failure only: kill (default for PostgreSQL), pause (default for Redis) or
     /// silence.
     pub fault: Option<FaultKind>,
-    /// region-outage only: the region that goes dark (default: the primary's at the start).
+    /// region-outage: the region that goes dark; partition: the region cut off from the
+    /// others (default: the primary's at the start).
     pub region: Option<String>,
     /// How long the fault stays applied.
     #[serde(default = "default_duration")]
@@ -221,10 +223,10 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
                 ),
             );
         }
-        if d.region.is_some() && scenario != Scenario::RegionOutage {
+        if d.region.is_some() && !matches!(scenario, Scenario::RegionOutage | Scenario::Partition) {
             r.error(
                 format!("{path}.region"),
-                "only a region-outage drill takes a region",
+                "only a region-outage or partition drill takes a region",
             );
         }
         if let Some(region) = &d.region {
@@ -261,7 +263,7 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
                     }
                 }
             }
-            Scenario::RegionOutage => {}
+            Scenario::RegionOutage | Scenario::Partition => {}
             Scenario::GradualDegradation => {
                 if d.duration.get() < std::time::Duration::from_secs(8) {
                     r.error(

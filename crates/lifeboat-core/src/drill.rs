@@ -19,6 +19,9 @@ pub enum Scenario {
     /// of time: every request waits up to that long), then is lost. Lifeboat must not fail
     /// over while it is only slow, and must once it is lost.
     GradualDegradation,
+    /// The primary's region and the others are cut off from each other (not from Lifeboat):
+    /// nothing may be promoted, writes go on, and the standbys catch up afterwards.
+    Partition,
     /// The standbys stop receiving WAL until they are past `max-lag`, then the primary is
     /// lost: Lifeboat must refuse to promote, and say why.
     ReplicaLag,
@@ -28,10 +31,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::PrimaryFailure,
         Scenario::RegionOutage,
         Scenario::GradualDegradation,
+        Scenario::Partition,
         Scenario::ReplicaLag,
         Scenario::DataCorruption,
     ];
@@ -41,6 +45,7 @@ impl Scenario {
             Scenario::PrimaryFailure => "primary-failure",
             Scenario::RegionOutage => "region-outage",
             Scenario::GradualDegradation => "gradual-degradation",
+            Scenario::Partition => "partition",
             Scenario::ReplicaLag => "replica-lag",
             Scenario::DataCorruption => "data-corruption",
         }
@@ -166,6 +171,9 @@ pub struct Record {
     /// while the primary was only slow, if one was.
     #[serde(default)]
     pub degraded: Option<Degraded>,
+    /// partition: the standbys seen cut off from the primary (not streaming) meanwhile.
+    #[serde(default)]
+    pub cut_off: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +245,51 @@ pub fn verdict(r: &Record) -> Verdict {
         .primary_after
         .as_ref()
         .is_some_and(|p| *p != r.primary_before);
-    if r.scenario == Scenario::DataCorruption {
+    if r.scenario == Scenario::Partition {
+        if moved {
+            check(
+                "no failover",
+                false,
+                format!(
+                    "{} was promoted although {} was healthy and only cut off from the other regions",
+                    r.primary_after.as_deref().unwrap_or("?"),
+                    r.primary_before
+                ),
+            );
+        } else {
+            check(
+                "no failover",
+                true,
+                format!("{} stayed the primary", r.primary_before),
+            );
+        }
+        check(
+            "partitioned",
+            !r.cut_off.is_empty(),
+            if r.cut_off.is_empty() {
+                "no standby was seen cut off from the primary: the partition did not take".into()
+            } else {
+                format!(
+                    "{} stopped streaming from the primary",
+                    r.cut_off.join(", ")
+                )
+            },
+        );
+        if let Some(m) = &r.measured {
+            check(
+                "available",
+                !m.outage,
+                match m.rto_ms {
+                    _ if !m.outage => "no canary write failed during the partition".into(),
+                    Some(ms) => format!(
+                        "canary writes failed; the service took writes again {} after the partition began",
+                        format_ms(ms)
+                    ),
+                    None => "canary writes failed, and none was acknowledged after".into(),
+                },
+            );
+        }
+    } else if r.scenario == Scenario::DataCorruption {
         if moved {
             check(
                 "no failover",

@@ -45,6 +45,7 @@ fn record(scenario: Scenario, measured: Option<Measured>, after: &str) -> Record
         left_broken: None,
         restore: None,
         degraded: None,
+        cut_off: Vec::new(),
     }
 }
 
@@ -261,6 +262,37 @@ fn gradual_degradation_fails_a_failover_while_the_primary_was_only_slow() {
           ok   failover: pg-b was promoted in place of pg-a
           ok   rto: the first write was acknowledged 1.305 s after the fault (target 5.000 s)
           ok   data loss: 0 of 13 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+          ok   rolled back: 1 of 1 faults undone
+    "#]],
+    );
+}
+
+#[test]
+fn a_partition_passes_when_nothing_is_promoted_writes_go_on_and_the_standby_was_cut_off() {
+    let w = history(0, 0, F + 2_000);
+    let mut r = record(Scenario::Partition, Some(measure(&w, F, &all(&w))), "pg-a");
+    r.cut_off = vec!["pg-b".into()];
+    check(
+        &r,
+        expect![[r#"
+        PASS
+          ok   no failover: pg-a stayed the primary
+          ok   partitioned: pg-b stopped streaming from the primary
+          ok   available: no canary write failed during the partition
+          ok   data loss: 0 of 26 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+          ok   rolled back: 1 of 1 faults undone
+    "#]],
+    );
+    r.cut_off.clear();
+    r.primary_after = Some("pg-b".into());
+    check(
+        &r,
+        expect![[r#"
+        FAIL
+          FAIL no failover: pg-b was promoted although pg-a was healthy and only cut off from the other regions
+          FAIL partitioned: no standby was seen cut off from the primary: the partition did not take
+          ok   available: no canary write failed during the partition
+          ok   data loss: 0 of 26 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
           ok   rolled back: 1 of 1 faults undone
     "#]],
     );

@@ -307,6 +307,7 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
                 left_broken: None,
                 restore: report.restore.clone(),
                 degraded: report.degraded.clone(),
+                cut_off: report.cut_off.clone(),
             }));
         }
         said.push(format!(
@@ -631,6 +632,26 @@ impl Drills {
                     Fault::silence(format!("node {}", p.name), vec![p.addr.port()], &tag)?
                 }
             },
+            Scenario::Partition => {
+                let region = d.region.clone().unwrap_or_else(|| p.region.clone());
+                let (a, b): (Vec<_>, Vec<_>) = svc.nodes.iter().partition(|n| n.region == region);
+                if a.is_empty() || b.is_empty() {
+                    return Err(format!(
+                        "a partition needs nodes on both sides of region {region}"
+                    ));
+                }
+                let named = |v: &[&crate::service::Node]| -> Vec<(String, std::net::SocketAddr)> {
+                    v.iter().map(|n| (n.name.clone(), n.addr)).collect()
+                };
+                let mut others: Vec<&str> = b.iter().map(|n| n.region.as_str()).collect();
+                others.dedup();
+                Fault::partition(
+                    format!("region {region} from {}", others.join(", ")),
+                    &named(&a),
+                    &named(&b),
+                    &tag,
+                )?
+            }
             Scenario::GradualDegradation => {
                 before.push(Fault::throttle(&p.name, p.addr)?);
                 Fault::pause(&p.name, p.addr)?
@@ -1219,6 +1240,7 @@ impl Run {
             left_broken,
             restore: self.report.restore.clone(),
             degraded: self.report.degraded.clone(),
+            cut_off: self.report.cut_off.clone(),
         });
         self.report.status = if aborted.is_some() {
             "aborted"
@@ -1299,6 +1321,8 @@ impl Run {
             .map(|(n, t)| (n.clone(), t.handle.status().last_incident))
             .collect();
         let mut route = self.status().endpoint.routes_to;
+        let mut still: BTreeMap<String, (Option<String>, Option<String>, Instant)> =
+            BTreeMap::new();
         let mut incident = self.status().last_incident;
         let fault_at = now();
         self.report.fault_at_ms = Some(fault_at.0);
@@ -1338,6 +1362,36 @@ impl Run {
                 if let Some(i) = incident {
                     self.report.incidents.push(i);
                     self.note("info", format!("incident {i} opened"));
+                }
+            }
+            // A cut-off standby may still say it streams (until wal_receiver_timeout): it is
+            // cut off when its position stands still for a second while the primary's moves.
+            let primary_pos = s
+                .nodes
+                .iter()
+                .find(|n| n.name == p.primary)
+                .and_then(|n| n.position.clone());
+            for n in s.nodes.iter().filter(|n| n.role == "standby") {
+                let seen = still.entry(n.name.clone()).or_insert((
+                    n.position.clone(),
+                    primary_pos.clone(),
+                    Instant::now(),
+                ));
+                if seen.0 != n.position {
+                    *seen = (n.position.clone(), primary_pos.clone(), Instant::now());
+                } else if seen.1 != primary_pos
+                    && seen.2.elapsed() >= Duration::from_secs(1)
+                    && !self.report.cut_off.contains(&n.name)
+                {
+                    self.report.cut_off.push(n.name.clone());
+                    self.note(
+                        "info",
+                        format!(
+                            "{} received nothing for a second while the primary wrote (it stands at {})",
+                            n.name,
+                            n.position.as_deref().unwrap_or("?")
+                        ),
+                    );
                 }
             }
             let lost = s

@@ -54,6 +54,9 @@ pub struct Report {
     /// gradual-degradation: the slowest stage and anything promoted during it.
     #[serde(default)]
     pub degraded: Option<Degraded>,
+    /// partition: the standbys seen cut off from the primary.
+    #[serde(default)]
+    pub cut_off: Vec<String>,
     pub verdict: Option<Verdict>,
     /// The canary's writes (for the chart).
     pub writes: Vec<Write>,

@@ -44,6 +44,15 @@ pub enum Fault {
         ports: Vec<u16>,
         table: String,
     },
+    /// The servers of two groups of regions cut off from each other, and from nobody else:
+    /// each side's processes are moved into a cgroup of their own, and nftables drops every
+    /// TCP packet a socket of one side sends to, or receives from, a port of the other.
+    /// Undone by deleting the table and moving every process back.
+    Partition {
+        target: String,
+        table: String,
+        sides: Vec<Side>,
+    },
     /// A scratch directory a drill restores a side server into. Applying it changes
     /// nothing; undoing it stops the server there, if one runs, and removes the directory.
     Scratch {
@@ -53,7 +62,74 @@ pub enum Fault {
     },
 }
 
+/// One side of a partition: its servers' ports and processes, the cgroup they are moved
+/// into (relative to the cgroup v2 root) and the one they came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Side {
+    pub ports: Vec<u16>,
+    pub procs: Vec<Proc>,
+    pub cgroup: String,
+    pub home: String,
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// The cgroup v2 path of a process, relative to the hierarchy's root (`/` for the root).
+fn cgroup_of(pid: i32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
 impl Fault {
+    /// Cuts the servers listening on `a` off from those listening on `b` (each a list of
+    /// node names and addresses on this machine).
+    pub fn partition(
+        target: String,
+        a: &[(String, SocketAddr)],
+        b: &[(String, SocketAddr)],
+        tag: &str,
+    ) -> Result<Fault, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(format!(
+                "a partition ({target}) moves servers into cgroups and drops their packets with nftables, which needs root, and Lifeboat runs as uid {}; run the daemon as root",
+                nix::unistd::geteuid()
+            ));
+        }
+        if cgroup2_root().is_none() {
+            return Err("a partition needs a cgroup v2 hierarchy, and none is mounted".into());
+        }
+        let side = |nodes: &[(String, SocketAddr)], name: &str| -> Result<Side, String> {
+            let mut procs = Vec::new();
+            for (n, addr) in nodes {
+                procs.extend(server_processes(n, *addr)?);
+            }
+            let home = procs
+                .first()
+                .and_then(|p| cgroup_of(p.pid))
+                .ok_or_else(|| format!("cannot read the cgroup of {}", nodes[0].0))?;
+            Ok(Side {
+                ports: nodes.iter().map(|(_, a)| a.port()).collect(),
+                procs,
+                cgroup: format!("lifeboat-drill-{tag}-{name}"),
+                home,
+            })
+        };
+        Ok(Fault::Partition {
+            target,
+            table: format!("lifeboat_drill_{tag}"),
+            sides: vec![side(a, "a")?, side(b, "b")?],
+        })
+    }
+
     /// SIGKILL to the server listening on `addr` and every process it started.
     pub fn kill(node: &str, addr: SocketAddr) -> Result<Fault, String> {
         Ok(Fault::Kill {
@@ -142,6 +218,7 @@ impl Fault {
                 format!("slow {target} down ({} processes)", procs.len())
             }
             Fault::Scratch { target, dir, .. } => format!("{target} in {}", dir.display()),
+            Fault::Partition { target, .. } => format!("partition {target}"),
             Fault::Silence { target, ports, .. } => format!(
                 "silence {target} (ports {})",
                 ports
@@ -176,6 +253,10 @@ impl Fault {
             Fault::Scratch { dir, .. } => {
                 Answer::Ok(format!("{} is removed by the rollback", dir.display()))
             }
+            Fault::Partition { table, sides, .. } => match partition(table, sides, budget).await {
+                Ok(said) => Answer::Ok(said),
+                Err(e) => Answer::Failed(e),
+            },
         }
     }
 
@@ -199,8 +280,169 @@ impl Fault {
             Fault::Scratch { dir, os_user, .. } => {
                 remove_scratch(dir, os_user.clone(), budget).await
             }
+            Fault::Partition { table, sides, .. } => {
+                let mut errors = Vec::new();
+                match nft(&["delete", "table", "inet", table], None, budget).await {
+                    Err(e) if !e.contains("No such file") => errors.push(e),
+                    _ => {}
+                }
+                for side in sides {
+                    if let Err(e) = move_home(side) {
+                        errors.push(e);
+                    }
+                }
+                if errors.is_empty() {
+                    Answer::Ok(format!(
+                        "nftables table {table} deleted, every process back in its cgroup"
+                    ))
+                } else {
+                    Answer::Failed(errors.join("; "))
+                }
+            }
         }
     }
+}
+
+/// Moves each side's processes into its cgroup, then drops the packets between the sides.
+async fn partition(table: &str, sides: &[Side], budget: Duration) -> Result<String, String> {
+    let root = cgroup2_root().ok_or("no cgroup v2 hierarchy")?;
+    // The servers' processes as they are now (backends come and go).
+    let now: Vec<Vec<Proc>> = sides
+        .iter()
+        .map(|s| s.ports.iter().flat_map(|p| listening_on(*p)).collect())
+        .collect();
+    for (side, procs) in sides.iter().zip(&now) {
+        let dir = root.join(&side.cgroup);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for p in procs {
+            match std::fs::write(dir.join("cgroup.procs"), p.pid.to_string()) {
+                Err(e) if e.raw_os_error() != Some(nix::libc::ESRCH) => {
+                    return Err(format!("moving pid {} into {}: {e}", p.pid, dir.display()))
+                }
+                _ => {}
+            }
+        }
+    }
+    // nft names a cgroup by its path below /sys/fs/cgroup; `level` is its depth in the v2 tree.
+    let rel = |side: &Side| {
+        let full = root.join(&side.cgroup);
+        full.strip_prefix("/sys/fs/cgroup")
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| side.cgroup.clone())
+    };
+    let ports = |side: &Side| {
+        side.ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (a, b) = (&sides[0], &sides[1]);
+    // New connections: a socket keeps the cgroup it was created in, so the cgroup rules
+    // catch the sockets made after the move. Connections that exist already (a standby's
+    // stream) are cut by their port pairs, both ways.
+    let mut pairs = String::new();
+    for (procs, other) in [(&now[0], b), (&now[1], a)] {
+        for (local, remote) in established_to(procs, &other.ports) {
+            pairs.push_str(&format!(
+                "    tcp sport {local} tcp dport {remote} drop\n    tcp sport {remote} tcp dport {local} drop\n"
+            ));
+        }
+    }
+    let rules = format!(
+        "table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n    socket cgroupv2 level 1 \"{ra}\" tcp dport {{ {pb} }} drop\n    socket cgroupv2 level 1 \"{rb}\" tcp dport {{ {pa} }} drop\n{pairs}  }}\n}}\n",
+        ra = rel(a),
+        rb = rel(b),
+        pa = ports(a),
+        pb = ports(b),
+    );
+    nft(&["-f", "-"], Some(rules), budget).await?;
+    Ok(format!(
+        "ports {} and {} cut off from each other (nftables table {table})",
+        ports(a),
+        ports(b)
+    ))
+}
+
+/// (local port, remote port) of the established TCP connections of `procs` to one of `ports`.
+fn established_to(procs: &[Proc], ports: &[u16]) -> Vec<(u16, u16)> {
+    let mut inodes = BTreeSet::new();
+    for p in procs {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                let link = link.to_string_lossy().into_owned();
+                if let Some(i) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    inodes.insert(i);
+                }
+            }
+        }
+    }
+    let port = |field: &str| {
+        field
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut found = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue; // not ESTABLISHED
+            }
+            let (Some(local), Some(remote)) = (port(f[1]), port(f[2])) else {
+                continue;
+            };
+            let ours = f[9].parse::<u64>().is_ok_and(|i| inodes.contains(&i));
+            if ours && ports.contains(&remote) {
+                found.push((local, remote));
+            }
+        }
+    }
+    found
+}
+
+/// Moves every process of the side's cgroup (those it started since, too) back home, and
+/// removes the cgroup.
+fn move_home(side: &Side) -> Result<(), String> {
+    let Some(root) = cgroup2_root() else {
+        return Ok(());
+    };
+    let dir = root.join(&side.cgroup);
+    if !dir.exists() {
+        return Ok(());
+    }
+    let home = root.join(side.home.trim_start_matches('/'));
+    // Processes come and go meanwhile (a server forks, a backend exits): move what is
+    // there until the cgroup is empty and can be removed; bounded.
+    let mut last = String::new();
+    for _ in 0..50 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            match std::fs::write(home.join("cgroup.procs"), pid) {
+                Err(e) if e.raw_os_error() != Some(nix::libc::ESRCH) => {
+                    return Err(format!("moving pid {pid} back to {}: {e}", home.display()))
+                }
+                _ => {}
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("removing {}: {last}", dir.display()))
 }
 
 /// Stops the PostgreSQL server of `dir` if one runs there, then removes `dir` and its log.
@@ -302,13 +544,18 @@ async fn nft(args: &[&str], stdin: Option<String>, budget: Duration) -> Result<(
 
 /// The process listening on `addr`'s port on this machine and every process it started.
 pub fn server_processes(node: &str, addr: SocketAddr) -> Result<Vec<Proc>, String> {
-    let inodes = listening_inodes(addr.port());
-    let listeners: BTreeSet<i32> = pids_with_sockets(&inodes);
-    if listeners.is_empty() {
+    let procs = listening_on(addr.port());
+    if procs.is_empty() {
         return Err(format!(
             "no process on this machine listens on {addr} (node {node}): this fault reaches only servers on the machine Lifeboat runs on"
         ));
     }
+    Ok(procs)
+}
+
+/// The process listening on `port` on this machine and every process it started, now.
+fn listening_on(port: u16) -> Vec<Proc> {
+    let listeners: BTreeSet<i32> = pids_with_sockets(&listening_inodes(port));
     let children = parents();
     let mut all = BTreeSet::new();
     let mut todo: Vec<i32> = listeners.into_iter().collect();
@@ -317,10 +564,9 @@ pub fn server_processes(node: &str, addr: SocketAddr) -> Result<Vec<Proc>, Strin
             todo.extend(children.get(&pid).into_iter().flatten());
         }
     }
-    Ok(all
-        .into_iter()
+    all.into_iter()
         .filter_map(|pid| start_time(pid).map(|start| Proc { pid, start }))
-        .collect())
+        .collect()
 }
 
 /// Inodes of TCP sockets listening on `port` (IPv4 and IPv6).

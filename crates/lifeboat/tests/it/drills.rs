@@ -339,7 +339,7 @@ async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
     let text = stderr(&out) + &stdout(&out);
     for want in [
         "drills.typo.scenario",
-        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, gradual-degradation, replica-lag, data-corruption",
+        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, gradual-degradation, partition, replica-lag, data-corruption",
         "drills.nobody.service",
         "unknown service \"payments\"; known services: orders",
         "drills.cron.schedule",
@@ -611,5 +611,39 @@ async fn a_gradual_degradation_drill_holds_while_the_primary_is_slow_and_fails_o
     );
     assert_eq!(rep["primary_after"], "eu-west-1");
     assert_eq!(rep["primary_at_end"], "us-east-1");
+    Ok(())
+}
+
+/// The primary's region cut off from the standby's (not from Lifeboat): nothing is
+/// promoted, writes go on, the standby stops streaming and catches up afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_drill_cuts_the_regions_apart_and_nothing_is_promoted() -> Result<()> {
+    if let Some(why) = SilentPort::unavailable() {
+        eprintln!("skipped: {why}");
+        return Ok(());
+    }
+    let r = regions(
+        "drill-split",
+        "",
+        "[drills.split]\nscenario = \"partition\"\nservice = \"orders\"\nduration = \"4s\"\n",
+    )
+    .await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "split"]);
+    let rep = only_run(&d, "split").await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert_eq!(rep["cut_off"][0], "eu-west-1", "{rep:#}");
+    assert_eq!(rep["primary_after"], "us-east-1");
+    d.wait_until("the standby streams again", T, |s| {
+        node(s, "eu-west-1")["streaming"] == true
+    })
+    .await?;
     Ok(())
 }
