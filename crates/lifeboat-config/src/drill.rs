@@ -35,8 +35,8 @@ impl FaultKind {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DrillConfig {
-    /// primary-failure, region-outage, gradual-degradation, partition, replica-lag or
-    /// data-corruption.
+    /// primary-failure, region-outage, gradual-degradation, partition, disk-full,
+    /// replica-lag or data-corruption.
     pub scenario: String,
     /// The service broken on purpose.
     pub service: String,
@@ -264,6 +264,22 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
                 }
             }
             Scenario::RegionOutage | Scenario::Partition => {}
+            Scenario::DiskFull => {
+                if s.kind != ServiceKind::Postgres {
+                    r.error(
+                        format!("{path}.scenario"),
+                        format!("disk-full fills a PostgreSQL data directory's file system; service {} is not PostgreSQL", d.service),
+                    );
+                } else if let Some((_, _, n)) = s.nodes().find(|(_, _, n)| n.control.is_none()) {
+                    r.error(
+                        format!("{path}.scenario"),
+                        format!(
+                            "disk-full fills the file system of the primary's data directory, so it needs control = {{ data-dir = … }} on every node of service {} (node {} has none)",
+                            d.service, n.name
+                        ),
+                    );
+                }
+            }
             Scenario::GradualDegradation => {
                 if d.duration.get() < std::time::Duration::from_secs(8) {
                     r.error(

@@ -22,6 +22,10 @@ pub enum Scenario {
     /// The primary's region and the others are cut off from each other (not from Lifeboat):
     /// nothing may be promoted, writes go on, and the standbys catch up afterwards.
     Partition,
+    /// The primary's file system is filled up, then freed: writes fail meanwhile. Lifeboat
+    /// does not fail over for a full disk (its probes read); the drill measures how long
+    /// writes were down and that none acknowledged was lost.
+    DiskFull,
     /// The standbys stop receiving WAL until they are past `max-lag`, then the primary is
     /// lost: Lifeboat must refuse to promote, and say why.
     ReplicaLag,
@@ -31,11 +35,12 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::PrimaryFailure,
         Scenario::RegionOutage,
         Scenario::GradualDegradation,
         Scenario::Partition,
+        Scenario::DiskFull,
         Scenario::ReplicaLag,
         Scenario::DataCorruption,
     ];
@@ -46,6 +51,7 @@ impl Scenario {
             Scenario::RegionOutage => "region-outage",
             Scenario::GradualDegradation => "gradual-degradation",
             Scenario::Partition => "partition",
+            Scenario::DiskFull => "disk-full",
             Scenario::ReplicaLag => "replica-lag",
             Scenario::DataCorruption => "data-corruption",
         }
@@ -288,6 +294,41 @@ pub fn verdict(r: &Record) -> Verdict {
                     None => "canary writes failed, and none was acknowledged after".into(),
                 },
             );
+        }
+    } else if r.scenario == Scenario::DiskFull {
+        if let Some(m) = &r.measured {
+            if !m.outage {
+                check(
+                    "writes failed",
+                    false,
+                    "no canary write failed while the disk was full: the fill did not reach the primary's data".into(),
+                );
+            }
+            match m.rto_ms {
+                Some(ms) => check(
+                    "rto",
+                    ms <= r.targets.rto_ms,
+                    format!(
+                        "writes were acknowledged again {} after the disk filled (target {}){}",
+                        format_ms(ms),
+                        format_ms(r.targets.rto_ms),
+                        if moved {
+                            format!(", on {}", r.primary_after.as_deref().unwrap_or("?"))
+                        } else {
+                            format!(
+                                ", on {} once the space was freed: Lifeboat does not fail over for a full disk",
+                                r.primary_before
+                            )
+                        }
+                    ),
+                ),
+                None if m.outage => check(
+                    "rto",
+                    false,
+                    "no write was acknowledged after the disk filled, not even once the space was freed".into(),
+                ),
+                None => {}
+            }
         }
     } else if r.scenario == Scenario::DataCorruption {
         if moved {

@@ -330,6 +330,8 @@ pub struct TwoRegions {
     pub api_port: u16,
     pub token: String,
     pub config_path: PathBuf,
+    /// The primary's own small file system, when asked for (unmounted after the servers stop).
+    pub primary_disk: Option<SmallDisk>,
     /// Last: dropped after the servers.
     pub dir: TestDir,
 }
@@ -338,7 +340,25 @@ impl TwoRegions {
     /// `failover` is inserted in the `[services.orders.failover]` section, e.g.
     /// `replication = "sync"`.
     pub async fn start(prefix: &str, failover: &str) -> Result<TwoRegions> {
+        TwoRegions::start_with(prefix, failover, None).await
+    }
+
+    /// As [`TwoRegions::start`], with the primary's data directory on a file system of its
+    /// own of `primary_disk` (e.g. `"96m"`), to fill up.
+    pub async fn start_with(
+        prefix: &str,
+        failover: &str,
+        primary_disk: Option<&str>,
+    ) -> Result<TwoRegions> {
         let dir = TestDir::new(prefix)?;
+        let primary_disk = match primary_disk {
+            Some(size) => {
+                let d = SmallDisk::mount(&dir.path().join("us-east-1"), size)?;
+                give_to_postgres(d.path())?;
+                Some(d)
+            }
+            None => None,
+        };
         let primary = PgCluster::primary(&dir, "us-east-1", InitOptions::default()).await?;
         let standby = PgCluster::standby_of(&dir, "eu-west-1", &primary).await?;
         let (endpoint_port, api_port) = (free_port()?, free_port()?);
@@ -397,6 +417,7 @@ priority = 50
             api_port,
             token,
             config_path,
+            primary_disk,
             dir,
         })
     }

@@ -297,3 +297,29 @@ fn a_partition_passes_when_nothing_is_promoted_writes_go_on_and_the_standby_was_
     "#]],
     );
 }
+
+#[test]
+fn a_full_disk_is_judged_by_how_long_writes_were_down() {
+    let w = history(F, F + 3_000, F + 4_000);
+    let mut r = record(Scenario::DiskFull, Some(measure(&w, F, &all(&w))), "pg-a");
+    r.targets.rto_ms = 2_000;
+    check(
+        &r,
+        expect![[r#"
+        FAIL
+          FAIL rto: writes were acknowledged again 3.005 s after the disk filled (target 2.000 s), on pg-a once the space was freed: Lifeboat does not fail over for a full disk
+          ok   data loss: 0 of 16 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+          ok   rolled back: 1 of 1 faults undone
+    "#]],
+    );
+    r.targets.rto_ms = 60_000;
+    check(
+        &r,
+        expect![[r#"
+        PASS
+          ok   rto: writes were acknowledged again 3.005 s after the disk filled (target 60.000 s), on pg-a once the space was freed: Lifeboat does not fail over for a full disk
+          ok   data loss: 0 of 16 acknowledged writes lost, 0 ms of writes before the fault (target 1.000 s)
+          ok   rolled back: 1 of 1 faults undone
+    "#]],
+    );
+}

@@ -652,6 +652,15 @@ impl Drills {
                     &tag,
                 )?
             }
+            Scenario::DiskFull => {
+                let ctl = p.control.as_ref().ok_or_else(|| {
+                    format!("disk-full needs control of {}'s data directory", p.name)
+                })?;
+                Fault::FillDisk {
+                    target: format!("the file system of {}'s data directory", p.name),
+                    file: ctl.data_dir.join(format!("lifeboat_drill_fill_{tag}")),
+                }
+            }
             Scenario::GradualDegradation => {
                 before.push(Fault::throttle(&p.name, p.addr)?);
                 Fault::pause(&p.name, p.addr)?
@@ -1430,6 +1439,13 @@ impl Run {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        if p.scenario == Scenario::DiskFull {
+            let s = self.status();
+            self.note(
+                "info",
+                format!("Lifeboat's view meanwhile: {}", s.decision.join("; ")),
+            );
+        }
         self.held_result(result)
     }
 

@@ -53,6 +53,8 @@ pub enum Fault {
         table: String,
         sides: Vec<Side>,
     },
+    /// The file system holding `file` filled up by allocating `file`; undone by removing it.
+    FillDisk { target: String, file: PathBuf },
     /// A scratch directory a drill restores a side server into. Applying it changes
     /// nothing; undoing it stops the server there, if one runs, and removes the directory.
     Scratch {
@@ -219,6 +221,9 @@ impl Fault {
             }
             Fault::Scratch { target, dir, .. } => format!("{target} in {}", dir.display()),
             Fault::Partition { target, .. } => format!("partition {target}"),
+            Fault::FillDisk { target, file } => {
+                format!("fill {target} (with {})", file.display())
+            }
             Fault::Silence { target, ports, .. } => format!(
                 "silence {target} (ports {})",
                 ports
@@ -253,6 +258,10 @@ impl Fault {
             Fault::Scratch { dir, .. } => {
                 Answer::Ok(format!("{} is removed by the rollback", dir.display()))
             }
+            Fault::FillDisk { file, .. } => match fill(file) {
+                Ok(said) => Answer::Ok(said),
+                Err(e) => Answer::Failed(e),
+            },
             Fault::Partition { table, sides, .. } => match partition(table, sides, budget).await {
                 Ok(said) => Answer::Ok(said),
                 Err(e) => Answer::Failed(e),
@@ -280,6 +289,13 @@ impl Fault {
             Fault::Scratch { dir, os_user, .. } => {
                 remove_scratch(dir, os_user.clone(), budget).await
             }
+            Fault::FillDisk { file, .. } => match std::fs::remove_file(file) {
+                Ok(()) => Answer::Ok(format!("{} removed", file.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Answer::Ok(format!("{} was already gone", file.display()))
+                }
+                Err(e) => Answer::Failed(format!("removing {}: {e}", file.display())),
+            },
             Fault::Partition { table, sides, .. } => {
                 let mut errors = Vec::new();
                 match nft(&["delete", "table", "inet", table], None, budget).await {
@@ -301,6 +317,46 @@ impl Fault {
             }
         }
     }
+}
+
+/// Allocates every free byte of the file system holding `file` to it (what an unprivileged
+/// server may use; the file is created with room to spare for metadata).
+fn fill(file: &std::path::Path) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
+    let dir = file.parent().unwrap_or(file);
+    let st = nix::sys::statvfs::statvfs(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .map_err(|e| format!("creating {}: {e}", file.display()))?;
+    // A little less at each try: the allocation needs some metadata of its own.
+    let mut len = free;
+    for _ in 0..64 {
+        match nix::fcntl::fallocate(
+            f.as_raw_fd(),
+            nix::fcntl::FallocateFlags::empty(),
+            0,
+            len as i64,
+        ) {
+            Ok(()) => {
+                return Ok(format!(
+                    "{} of {} allocated to {}",
+                    lifeboat_core::time::format_bytes(len),
+                    dir.display(),
+                    file.display()
+                ))
+            }
+            Err(nix::errno::Errno::ENOSPC) if len > 1 << 20 => len -= (len / 64).max(1 << 20),
+            Err(e) => {
+                let _ = std::fs::remove_file(file);
+                return Err(format!("allocating {len} bytes to {}: {e}", file.display()));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(file);
+    Err(format!("could not fill {}", dir.display()))
 }
 
 /// Moves each side's processes into its cgroup, then drops the packets between the sides.

@@ -339,7 +339,7 @@ async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
     let text = stderr(&out) + &stdout(&out);
     for want in [
         "drills.typo.scenario",
-        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, gradual-degradation, partition, replica-lag, data-corruption",
+        "unknown scenario \"primary-failur\"; known scenarios: primary-failure, region-outage, gradual-degradation, partition, disk-full, replica-lag, data-corruption",
         "drills.nobody.service",
         "unknown service \"payments\"; known services: orders",
         "drills.cron.schedule",
@@ -645,5 +645,54 @@ async fn a_partition_drill_cuts_the_regions_apart_and_nothing_is_promoted() -> R
         node(s, "eu-west-1")["streaming"] == true
     })
     .await?;
+    Ok(())
+}
+
+/// The primary's file system filled up, then freed: writes fail meanwhile, Lifeboat does not
+/// fail over (its probes read), nothing acknowledged is lost, and the report says how long
+/// writes were down and what Lifeboat saw.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_full_drill_measures_the_write_outage_and_loses_nothing() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting the primary's small file system needs root");
+        return Ok(());
+    }
+    let r = TwoRegions::start_with("drill-full", "", Some("96m")).await?;
+    let mut text = std::fs::read_to_string(&r.config_path)?;
+    text.push_str(
+        "\n[drills.full]\nscenario = \"disk-full\"\nservice = \"orders\"\nduration = \"4s\"\ncanary-interval = \"5ms\"\nrto = \"30s\"\n",
+    );
+    std::fs::write(&r.config_path, text)?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    let out = d.cli(&["drill", "run", "full"]);
+    let rep = only_run(&d, "full").await?;
+    assert!(
+        out.status.success(),
+        "{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    assert_eq!(rep["measured"]["outage"], true, "writes failed: {rep:#}");
+    let rto = rep["measured"]["rto_ms"].as_u64().unwrap();
+    assert!(
+        rto >= 4_000,
+        "writes came back only once the space was freed: {rto} ms"
+    );
+    assert_eq!(rep["primary_after"], "us-east-1");
+    let tl = timeline(&rep);
+    assert!(
+        tl.contains("Lifeboat's view meanwhile: primary us-east-1 healthy"),
+        "{tl}"
+    );
+    let data_dir = &r.primary.server.data_dir;
+    assert!(
+        std::fs::read_dir(data_dir)?.flatten().all(|e| !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("lifeboat_drill_fill")),
+        "the fill file is removed"
+    );
     Ok(())
 }
