@@ -589,3 +589,61 @@ async fn a_redis_primary_failure_drill_hangs_the_primary_and_fails_back() -> Res
     assert_eq!(rep["measured"]["lost"].as_array().map(Vec::len), Some(0));
     Ok(())
 }
+
+/// A real incident on another service during a drill stops the drill, and its fault is
+/// undone: here a PostgreSQL drill (a 30 s hang) and the Redis primary lost meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_incident_during_a_drill_aborts_it() -> Result<()> {
+    let pg = TwoRegions::start("drill-incident", "mode = \"manual\"").await?;
+    let mut set = RedisSet::start("drill-incident-redis", &options()).await?;
+    let mut config = std::fs::read_to_string(&pg.config_path)?;
+    config.push_str(&cache_service(
+        &set,
+        free_port()?,
+        "",
+        &password_file(pg.dir.path())?,
+    ));
+    config.push_str(
+        "\n[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"30s\"\n",
+    );
+    std::fs::write(&pg.config_path, config)?;
+    let d = Daemon::start(&pg, "us-east-1").await?;
+    d.wait_until_of("cache", "the cache routed to cache-1", T, |s| {
+        s["endpoint"]["routes_to"] == "cache-1"
+    })
+    .await?;
+    let out = d.cli(&["drill", "run", "hang", "--no-wait"]);
+    assert!(out.status.success(), "{}", crate::stderr(&out));
+    let report = |d: &Daemon| {
+        let api = d.api.clone();
+        async move { crate::get(&format!("{api}/v1/drill-runs/1")).await }
+    };
+    let deadline = std::time::Instant::now() + T;
+    while report(&d).await?["fault_at_ms"].is_null() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the fault never came");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set.primary.kill()?;
+    let deadline = std::time::Instant::now() + T;
+    let rep = loop {
+        let r = report(&d).await?;
+        if r["status"] != "running" {
+            break r;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the drill was not stopped\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(rep["status"], "aborted", "{rep:#}");
+    let why = rep["verdict"]["checks"][0]["text"].as_str().unwrap_or("");
+    assert!(why.contains("a real incident on service cache"), "{rep:#}");
+    assert!(rep["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["state"] == "undone"));
+    Ok(())
+}
