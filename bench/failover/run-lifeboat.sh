@@ -209,6 +209,9 @@ EOF
     echo "$t0 $EPOCHREALTIME" > "$T/drill_wall"
     FAULT_TS="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["fault_at_ms"] / 1000)' "$T/drill.json")" \
       || { log "no fault time in the drill report"; return 6; }
+    local drill_id; drill_id="$("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$T/drill.json")"
+    "$LIFEBOAT" drill report "$drill_id" --api "http://127.0.0.1:$API" > "$T/drill.md" 2>/dev/null
+    "$LIFEBOAT" drill report "$drill_id" --svg "$T/drill.svg" --api "http://127.0.0.1:$API" > /dev/null 2>&1
     FAULT_TS_AFTER="$FAULT_TS"
   elif [[ "$FAULT" == switchover ]]; then
     FAULT_TS="$EPOCHREALTIME"
@@ -301,7 +304,7 @@ v = verify
 print(f"RESULT {res['run_id']}: kill->promoted={res['kill_to_promoted_s']}s RTO(max gap)={v.get('rto_max_gap_s')}s "
       f"kill->first ack={v.get('fault_to_first_ack_s')}s lost_acked={v.get('lost_acked')}")
 PYEOF
-  cp "$T/lifeboat.log" "$T/probe.json" "$T/verify.json" "$T/incidents.json" "$T/fault_ts" "$T/drill.json" "$RESULTS_DIR/$run_id/" 2>/dev/null
+  cp "$T/lifeboat.log" "$T/probe.json" "$T/verify.json" "$T/incidents.json" "$T/fault_ts" "$T/drill.json" "$T/drill.md" "$T/drill.svg" "$RESULTS_DIR/$run_id/" 2>/dev/null
   gzip -c "$T/canary.jsonl" > "$RESULTS_DIR/$run_id/canary.jsonl.gz" 2>/dev/null
   return $rc
 }

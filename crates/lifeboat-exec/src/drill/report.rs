@@ -316,12 +316,17 @@ impl Report {
             );
         }
         let mut mark = |t: u64, label: &str, color: &str| {
+            // Labels near the right edge go to the left of their line.
+            let (lx, anchor) = if x(t) > W - R - 60.0 {
+                (x(t) - 3.0, "end")
+            } else {
+                (x(t) + 3.0, "start")
+            };
             let _ = writeln!(
                 s,
-                "<line x1=\"{0:.1}\" y1=\"{T}\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"{color}\" stroke-dasharray=\"4 3\"/><text x=\"{2:.1}\" y=\"{3}\" fill=\"{color}\">{label}</text>",
+                "<line x1=\"{0:.1}\" y1=\"{T}\" x2=\"{0:.1}\" y2=\"{1}\" stroke=\"{color}\" stroke-dasharray=\"4 3\"/><text x=\"{lx:.1}\" y=\"{2}\" text-anchor=\"{anchor}\" fill=\"{color}\">{label}</text>",
                 x(t),
                 H - B,
-                x(t) + 3.0,
                 T + 28.0
             );
         };
