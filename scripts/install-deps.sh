@@ -11,7 +11,8 @@ need() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok ins
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need postgresql-15; fi
 command -v setpriv >/dev/null || need util-linux
 command -v curl >/dev/null || need curl
-# nft: the tests make a silent network with an nftables drop rule (they run as root in CI).
+# nft: the tests make a silent network with an nftables drop rule, and the drill tests silence
+# and partition regions with it (they run as root in CI).
 command -v nft >/dev/null || need nftables
 # redis-server: the Redis provider's tests start real Redis 7 servers.
 command -v redis-server >/dev/null || need redis-server

@@ -8,10 +8,11 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// What a drill breaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scenario {
     /// The primary is killed or hangs.
+    #[default]
     PrimaryFailure,
     /// Every node and check of a region goes silent (its packets are dropped).
     RegionOutage,
@@ -71,7 +72,7 @@ impl Scenario {
 }
 
 /// The targets a drill is judged against (the tier's, or the drill's own).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Targets {
     pub rto_ms: u64,
     pub rpo_ms: u64,
@@ -150,8 +151,9 @@ pub fn measure(writes: &[Write], fault_ms: u64, present: &BTreeSet<u64>) -> Meas
     }
 }
 
-/// Everything a verdict is drawn from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything a verdict is drawn from. A drill's report carries it, filled in as the drill
+/// runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub scenario: Scenario,
     pub targets: Targets,

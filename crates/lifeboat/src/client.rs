@@ -47,13 +47,15 @@ impl Api {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, String> {
-        let r = self
-            .http
+        decode(self.send_get(path).await?).await
+    }
+
+    async fn send_get(&self, path: &str) -> Result<reqwest::Response, String> {
+        self.http
             .get(format!("{}{path}", self.base))
             .send()
             .await
-            .map_err(|e| self.unreachable(e))?;
-        decode(r).await
+            .map_err(|e| self.unreachable(e))
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
@@ -66,12 +68,7 @@ impl Api {
 
     /// A text answer (Markdown, SVG), or the API's error message.
     pub async fn get_text(&self, path: &str) -> Result<String, String> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
+        let r = self.send_get(path).await?;
         if r.status().is_success() {
             return r
                 .text()

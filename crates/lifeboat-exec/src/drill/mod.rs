@@ -105,10 +105,10 @@ impl RunSummary {
             status: r.status.clone(),
             started_ms: r.started_ms,
             ended_ms: r.ended_ms,
-            rto_ms: r.measured.as_ref().and_then(|m| m.rto_ms),
-            lost: r.measured.as_ref().map(|m| m.lost.len()),
-            primary_before: r.primary_before.clone(),
-            primary_after: r.primary_after.clone(),
+            rto_ms: r.record.measured.as_ref().and_then(|m| m.rto_ms),
+            lost: r.record.measured.as_ref().map(|m| m.lost.len()),
+            primary_before: r.record.primary_before.clone(),
+            primary_after: r.record.primary_after.clone(),
         }
     }
 }
@@ -208,7 +208,7 @@ impl DrillMetrics {
             self.last_success.get_or_create(&l).set(end);
         }
         self.passed.get_or_create(&l).set(i64::from(pass));
-        if let Some(m) = &r.measured {
+        if let Some(m) = &r.record.measured {
             if let Some(rto) = m.rto_ms {
                 self.rto.get_or_create(&l).set(rto as f64 / 1000.0);
             }
@@ -280,36 +280,17 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
         }
         report.status = "interrupted".into();
         report.ended_ms = Some(at.0);
-        if let Some(scenario) = Scenario::parse(&report.scenario) {
-            let applied = report
-                .faults
-                .iter()
-                .filter(|f| f.applied_ms.is_some() || f.state != "registered")
-                .count() as u32;
-            let undone = report.faults.iter().filter(|f| f.state == "undone").count() as u32;
-            report.verdict = Some(drill::verdict(&Record {
-                scenario,
-                targets: report.targets.unwrap_or(Targets {
-                    rto_ms: 0,
-                    rpo_ms: 0,
-                    zero_loss: false,
-                }),
-                measured: None,
-                primary_before: report.primary_before.clone(),
-                primary_after: report.primary_after.clone(),
-                refusal: report.refusal.clone(),
-                faults_applied: applied,
-                faults_undone: undone,
-                aborted: Some(
-                    "the process running it stopped; its faults were undone at the next start"
-                        .into(),
-                ),
-                left_broken: None,
-                restore: report.restore.clone(),
-                degraded: report.degraded.clone(),
-                cut_off: report.cut_off.clone(),
-            }));
-        }
+        let r = &mut report.record;
+        r.faults_applied = report
+            .faults
+            .iter()
+            .filter(|f| f.applied_ms.is_some() || f.state != "registered")
+            .count() as u32;
+        r.faults_undone = report.faults.iter().filter(|f| f.state == "undone").count() as u32;
+        r.measured = None;
+        r.aborted =
+            Some("the process running it stopped; its faults were undone at the next start".into());
+        report.verdict = Some(drill::verdict(&report.record));
         said.push(format!(
             "drill run {} ({}) was interrupted; its report says so",
             run.id, run.drill
@@ -552,13 +533,16 @@ impl Drills {
         let at = now();
         let mut report = Report {
             drill: name.into(),
-            scenario: prepared.scenario.as_str().into(),
             service: d.service.clone(),
             kind: target.service.kind.as_str().into(),
             status: "running".into(),
             started_ms: at.0,
-            targets: Some(prepared.targets),
-            primary_before: prepared.primary.clone(),
+            record: Record {
+                scenario: prepared.scenario,
+                targets: prepared.targets,
+                primary_before: prepared.primary.clone(),
+                ..Record::default()
+            },
             ..Report::default()
         };
         report.note(at, "info", format!("started by {actor}"));
@@ -824,7 +808,10 @@ impl Drills {
                     let d = &self.inner.cfg.drills[&name];
                     let mut report = Report {
                         drill: name.clone(),
-                        scenario: d.scenario.clone(),
+                        record: Record {
+                            scenario: d.scenario().unwrap_or_default(),
+                            ..Record::default()
+                        },
                         service: d.service.clone(),
                         status: "skipped".into(),
                         started_ms: at.0,
@@ -1187,7 +1174,7 @@ impl Run {
         }
         if self.report.fault_at_ms.is_some() {
             // Also catches a failover the undo itself caused.
-            self.report.primary_after = self.status().primary;
+            self.report.record.primary_after = self.status().primary;
         }
         let writes = canary.stop().await;
         let measured = match self.report.fault_at_ms {
@@ -1218,7 +1205,7 @@ impl Run {
             _ => None,
         };
         self.report.writes = writes;
-        self.report.measured = measured.clone();
+        self.report.record.measured = measured.clone();
         let left_broken = if self.report.fault_at_ms.is_none() {
             None
         } else if self.inner.cancel.is_cancelled() {
@@ -1236,21 +1223,13 @@ impl Run {
         if aborted.is_none() {
             aborted = self.stopped();
         }
-        let verdict = drill::verdict(&Record {
-            scenario: p.scenario,
-            targets: p.targets,
-            measured,
-            primary_before: p.primary.clone(),
-            primary_after: self.report.primary_after.clone(),
-            refusal: self.report.refusal.clone(),
-            faults_applied: applied,
-            faults_undone: undone,
-            aborted: aborted.clone(),
-            left_broken,
-            restore: self.report.restore.clone(),
-            degraded: self.report.degraded.clone(),
-            cut_off: self.report.cut_off.clone(),
-        });
+        let r = &mut self.report.record;
+        r.measured = measured;
+        r.faults_applied = applied;
+        r.faults_undone = undone;
+        r.aborted = aborted.clone();
+        r.left_broken = left_broken;
+        let verdict = drill::verdict(r);
         self.report.status = if aborted.is_some() {
             "aborted"
         } else if verdict.pass {
@@ -1390,9 +1369,9 @@ impl Run {
                     *seen = (n.position.clone(), primary_pos.clone(), Instant::now());
                 } else if seen.1 != primary_pos
                     && seen.2.elapsed() >= Duration::from_secs(1)
-                    && !self.report.cut_off.contains(&n.name)
+                    && !self.report.record.cut_off.contains(&n.name)
                 {
-                    self.report.cut_off.push(n.name.clone());
+                    self.report.record.cut_off.push(n.name.clone());
                     self.note(
                         "info",
                         format!(
@@ -1412,9 +1391,9 @@ impl Run {
             if lost
                 && !acting
                 && s.primary.as_deref() == Some(p.primary.as_str())
-                && self.report.refusal != s.decision
+                && self.report.record.refusal != s.decision
             {
-                self.report.refusal = s.decision.clone();
+                self.report.record.refusal = s.decision.clone();
                 self.note(
                     "info",
                     format!("Lifeboat does not promote: {}", s.decision.join("; ")),
@@ -1525,8 +1504,8 @@ impl Run {
                 restore.error = Some(e);
             }
         }
-        self.report.restore = Some(restore);
-        self.report.primary_after = self.status().primary;
+        self.report.record.restore = Some(restore);
+        self.report.record.primary_after = self.status().primary;
         Ok(())
     }
 
@@ -1642,7 +1621,7 @@ impl Run {
                 }
             }
         }
-        self.report.degraded = Some(drill::Degraded {
+        self.report.record.degraded = Some(drill::Degraded {
             max_stall_ms: max_stall,
             promoted_while_slow: promoted,
         });
@@ -1650,7 +1629,7 @@ impl Run {
     }
 
     fn held_result(&mut self, r: Result<(), String>) -> Result<(), String> {
-        self.report.primary_after = self.status().primary;
+        self.report.record.primary_after = self.status().primary;
         if let Err(e) = &r {
             self.note("failed", format!("stopped: {e}"));
         } else {

@@ -1,7 +1,7 @@
 //! A drill's report: kept as JSON in the store, rendered as Markdown for people and as an SVG
 //! chart of the canary's writes around the fault.
 
-use lifeboat_core::drill::{Degraded, Measured, Restore, Targets, Verdict, Write};
+use lifeboat_core::drill::{Record, Verdict, Write};
 use lifeboat_core::time::format_ms;
 use lifeboat_core::Millis;
 use serde::{Deserialize, Serialize};
@@ -29,34 +29,22 @@ pub struct FaultReport {
 pub struct Report {
     pub id: i64,
     pub drill: String,
-    pub scenario: String,
     pub service: String,
     pub kind: String,
     /// running, passed, failed, aborted, interrupted or skipped.
     pub status: String,
     pub started_ms: u64,
     pub ended_ms: Option<u64>,
-    pub targets: Option<Targets>,
-    pub primary_before: String,
-    /// The primary when the fault was undone.
-    pub primary_after: Option<String>,
+    /// What the verdict is drawn from (scenario, targets, primaries, measurements), filled
+    /// in as the drill runs; its fields sit at the top level of the JSON.
+    #[serde(flatten)]
+    pub record: Record,
     /// The primary when the drill ended (after the rollback and any failback).
     pub primary_at_end: Option<String>,
     pub fault_at_ms: Option<u64>,
     pub faults: Vec<FaultReport>,
     pub timeline: Vec<Entry>,
-    pub refusal: Vec<String>,
     pub incidents: Vec<i64>,
-    pub measured: Option<Measured>,
-    /// data-corruption: what the point-in-time restore recovered.
-    #[serde(default)]
-    pub restore: Option<Restore>,
-    /// gradual-degradation: the slowest stage and anything promoted during it.
-    #[serde(default)]
-    pub degraded: Option<Degraded>,
-    /// partition: the standbys seen cut off from the primary.
-    #[serde(default)]
-    pub cut_off: Vec<String>,
     pub verdict: Option<Verdict>,
     /// The canary's writes (for the chart).
     pub writes: Vec<Write>,
@@ -95,7 +83,7 @@ impl Report {
         let _ = writeln!(
             m,
             "Scenario **{}** on service **{}** ({}), started {} UTC{}.\n",
-            self.scenario,
+            self.record.scenario.as_str(),
             self.service,
             self.kind,
             utc(self.started_ms),
@@ -121,21 +109,20 @@ impl Report {
             }
             m.push('\n');
         }
-        if let Some(x) = &self.measured {
+        if let Some(x) = &self.record.measured {
             let _ = writeln!(m, "## Measured\n");
-            if let Some(t) = &self.targets {
-                let _ = writeln!(
-                    m,
-                    "- targets: RTO {}, RPO {}{}",
-                    format_ms(t.rto_ms),
-                    format_ms(t.rpo_ms),
-                    if t.zero_loss {
-                        ", no acknowledged write lost (synchronous)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            let t = &self.record.targets;
+            let _ = writeln!(
+                m,
+                "- targets: RTO {}, RPO {}{}",
+                format_ms(t.rto_ms),
+                format_ms(t.rpo_ms),
+                if t.zero_loss {
+                    ", no acknowledged write lost (synchronous)"
+                } else {
+                    ""
+                }
+            );
             let _ = writeln!(
                 m,
                 "- RTO (fault → first acknowledged write after the outage began): {}",
@@ -152,14 +139,14 @@ impl Report {
             let _ = writeln!(
                 m,
                 "- primary: {} before, {} after the fault, {} at the end\n",
-                self.primary_before,
-                self.primary_after.as_deref().unwrap_or("unknown"),
+                self.record.primary_before,
+                self.record.primary_after.as_deref().unwrap_or("unknown"),
                 self.primary_at_end.as_deref().unwrap_or("unknown")
             );
         }
-        if !self.refusal.is_empty() {
+        if !self.record.refusal.is_empty() {
             let _ = writeln!(m, "## What Lifeboat said while the primary was lost\n");
-            for r in &self.refusal {
+            for r in &self.record.refusal {
                 let _ = writeln!(m, "- {r}");
             }
             m.push('\n');
@@ -248,7 +235,7 @@ impl Report {
         // Outage: fault to the first acknowledgement after it.
         if let (Some(f), Some(rto)) = (
             self.fault_at_ms,
-            self.measured.as_ref().and_then(|m| m.rto_ms),
+            self.record.measured.as_ref().and_then(|m| m.rto_ms),
         ) {
             let _ = writeln!(
                 s,

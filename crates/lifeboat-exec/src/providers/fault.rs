@@ -422,50 +422,14 @@ async fn partition(table: &str, sides: &[Side], budget: Duration) -> Result<Stri
 
 /// (local port, remote port) of the established TCP connections of `procs` to one of `ports`.
 fn established_to(procs: &[Proc], ports: &[u16]) -> Vec<(u16, u16)> {
-    let mut inodes = BTreeSet::new();
-    for p in procs {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(link) = std::fs::read_link(fd.path()) {
-                let link = link.to_string_lossy().into_owned();
-                if let Some(i) = link
-                    .strip_prefix("socket:[")
-                    .and_then(|s| s.strip_suffix(']'))
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
-                    inodes.insert(i);
-                }
-            }
-        }
-    }
-    let port = |field: &str| {
-        field
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    let mut found = Vec::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "01" {
-                continue; // not ESTABLISHED
-            }
-            let (Some(local), Some(remote)) = (port(f[1]), port(f[2])) else {
-                continue;
-            };
-            let ours = f[9].parse::<u64>().is_ok_and(|i| inodes.contains(&i));
-            if ours && ports.contains(&remote) {
-                found.push((local, remote));
-            }
-        }
-    }
-    found
+    let inodes: BTreeSet<u64> = procs.iter().flat_map(|p| socket_inodes(p.pid)).collect();
+    tcp_sockets()
+        .into_iter()
+        .filter(|t| {
+            t.state == ESTABLISHED && inodes.contains(&t.inode) && ports.contains(&t.remote)
+        })
+        .map(|t| (t.local, t.remote))
+        .collect()
 }
 
 /// Moves every process of the side's cgroup (those it started since, too) back home, and
@@ -625,30 +589,76 @@ fn listening_on(port: u16) -> Vec<Proc> {
         .collect()
 }
 
-/// Inodes of TCP sockets listening on `port` (IPv4 and IPv6).
-fn listening_inodes(port: u16) -> BTreeSet<u64> {
-    let mut inodes = BTreeSet::new();
+const ESTABLISHED: u8 = 0x01;
+const LISTEN: u8 = 0x0A;
+
+/// A TCP socket of this machine, as `/proc/net/tcp` and `tcp6` list it.
+struct TcpSocket {
+    state: u8,
+    local: u16,
+    remote: u16,
+    inode: u64,
+}
+
+fn tcp_sockets() -> Vec<TcpSocket> {
+    let port = |field: &str| {
+        field
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    let mut all = Vec::new();
     for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(file) else {
             continue;
         };
         for line in text.lines().skip(1) {
             let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 || f[3] != "0A" {
-                continue; // not LISTEN
+            if f.len() < 10 {
+                continue;
             }
-            let local_port = f[1]
-                .rsplit(':')
-                .next()
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                if let Ok(i) = f[9].parse() {
-                    inodes.insert(i);
-                }
+            if let (Some(local), Some(remote), Ok(state), Ok(inode)) = (
+                port(f[1]),
+                port(f[2]),
+                u8::from_str_radix(f[3], 16),
+                f[9].parse(),
+            ) {
+                all.push(TcpSocket {
+                    state,
+                    local,
+                    remote,
+                    inode,
+                });
             }
         }
     }
-    inodes
+    all
+}
+
+/// Inodes of TCP sockets listening on `port` (IPv4 and IPv6).
+fn listening_inodes(port: u16) -> BTreeSet<u64> {
+    tcp_sockets()
+        .into_iter()
+        .filter(|t| t.state == LISTEN && t.local == port)
+        .map(|t| t.inode)
+        .collect()
+}
+
+/// Inodes of the sockets `pid` holds open.
+fn socket_inodes(pid: i32) -> Vec<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let link = std::fs::read_link(fd.path()).ok()?;
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 fn pids() -> Vec<i32> {
@@ -662,30 +672,13 @@ fn pids() -> Vec<i32> {
 }
 
 fn pids_with_sockets(inodes: &BTreeSet<u64>) -> BTreeSet<i32> {
-    let mut found = BTreeSet::new();
     if inodes.is_empty() {
-        return found;
+        return BTreeSet::new();
     }
-    for pid in pids() {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(link) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let link = link.to_string_lossy();
-            let inode = link
-                .strip_prefix("socket:[")
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<u64>().ok());
-            if inode.is_some_and(|i| inodes.contains(&i)) {
-                found.insert(pid);
-                break;
-            }
-        }
-    }
-    found
+    pids()
+        .into_iter()
+        .filter(|pid| socket_inodes(*pid).iter().any(|i| inodes.contains(i)))
+        .collect()
 }
 
 /// `/proc/PID/stat` fields after the command name (which may hold spaces and parentheses).

@@ -304,3 +304,32 @@ async fn a_client_connecting_to_a_silent_primary_follows_the_route_when_it_moves
     drop(silent);
     cancel.cancel();
 }
+
+/// A drill's schedule: the next matching minute strictly after now, in UTC; croner's `#` for
+/// the n-th weekday of a month.
+#[test]
+fn a_drill_schedule_names_the_next_matching_minute_in_utc() {
+    use lifeboat_core::Millis;
+    use lifeboat_exec::drill::next_after;
+    // 2026-12-04 is a Friday; 22:13:51 UTC.
+    let now = Millis(1_796_422_431_000);
+    let at = |m: Millis| lifeboat_exec::drill::report::utc(m.0);
+    assert_eq!(
+        at(next_after("0 10 * * TUE", now).unwrap()),
+        "2026-12-08 10:00:00"
+    );
+    assert_eq!(
+        at(next_after("*/15 * * * *", now).unwrap()),
+        "2026-12-04 22:15:00"
+    );
+    assert_eq!(
+        at(next_after("0 10 * 1,4,7,10 TUE#1", now).unwrap()),
+        "2027-01-05 10:00:00"
+    );
+    let exactly = next_after("0 10 * * TUE", now).unwrap();
+    assert_eq!(
+        next_after("0 10 * * TUE", exactly).map(at).as_deref(),
+        Some("2026-12-15 10:00:00"),
+        "strictly after: an occurrence does not fire twice"
+    );
+}

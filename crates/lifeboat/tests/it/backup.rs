@@ -39,6 +39,42 @@ pub fn json(out: &Output) -> Result<Value> {
 
 /// A new repository in `dir/repo`, its passphrase in a file (also in the environment `lb`
 /// sets); returns its location and the passphrase file.
+/// `[backup]` for repository `repo` (its passphrase in `pass`): one source that follows the
+/// primary, base backups `every`, and continuous WAL (spooled in `dir/spool`, uploaded every
+/// 300 ms).
+pub fn following_the_primary(
+    repo: &str,
+    pass: &std::path::Path,
+    dir: &TestDir,
+    every: &str,
+) -> String {
+    format!(
+        r#"
+[backup.repositories.main]
+location = "{repo}"
+password-file = "{pass}"
+
+[backup.sources.db]
+follow-primary = true
+
+[backup.tiers.frequent]
+kind = "full"
+sources = ["db"]
+repository = "main"
+every = "{every}"
+keep = {{ last = 10 }}
+
+[backup.wal]
+source = "db"
+repository = "main"
+spool-dir = "{spool}"
+upload-every = "300ms"
+"#,
+        pass = pass.display(),
+        spool = dir.path().join("spool").display(),
+    )
+}
+
 pub fn new_repo(dir: &TestDir) -> Result<(String, std::path::PathBuf)> {
     let repo = dir.subdir("repo")?.display().to_string();
     let pass = dir.path().join("passphrase");
@@ -623,31 +659,7 @@ async fn backups_and_continuous_wal_follow_the_primary_through_a_failover() -> R
     let (repo, pass) = new_repo(dir)?;
     let repo = repo.as_str();
     let mut config = std::fs::read_to_string(&regions.config_path)?;
-    config.push_str(&format!(
-        r#"
-[backup.repositories.main]
-location = "{repo}"
-password-file = "{pass}"
-
-[backup.sources.db]
-follow-primary = true
-
-[backup.tiers.frequent]
-kind = "full"
-sources = ["db"]
-repository = "main"
-every = "3s"
-keep = {{ last = 10 }}
-
-[backup.wal]
-source = "db"
-repository = "main"
-spool-dir = "{spool}"
-upload-every = "300ms"
-"#,
-        pass = pass.display(),
-        spool = dir.path().join("spool").display(),
-    ));
+    config.push_str(&following_the_primary(repo, &pass, dir, "3s"));
     std::fs::write(&regions.config_path, config)?;
     let daemon = Daemon::start(&regions, "us-east-1").await?;
     let conn = regions.endpoint_conninfo();

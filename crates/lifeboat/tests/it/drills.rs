@@ -88,18 +88,8 @@ async fn a_primary_failure_drill_kills_the_primary_measures_the_recovery_and_fai
         "a dry run applies nothing"
     );
 
-    let out = d.cli(&["drill", "run", "kill-primary"]);
-    let rep = only_run(&d, "kill-primary").await?;
-    assert!(
-        out.status.success(),
-        "the drill failed:\n{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
-    assert!(stdout(&out).contains("PASSED"), "{}", stdout(&out));
-    eprintln!("{}", stdout(&out));
+    let (said, rep) = passing(&d, "kill-primary").await?;
+    assert!(said.contains("PASSED"), "{said}");
     assert_eq!(rep["status"], "passed");
     for (name, pass) in checks(&rep) {
         assert!(pass, "{name} failed: {rep:#}");
@@ -179,16 +169,7 @@ async fn a_replica_lag_drill_passes_only_because_lifeboat_refuses_to_promote_and
     )
     .await?;
     let d = Daemon::start(&r, "us-east-1").await?;
-    let out = d.cli(&["drill", "run", "lagging"]);
-    let rep = only_run(&d, "lagging").await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
+    let (_, rep) = passing(&d, "lagging").await?;
     assert_eq!(rep["primary_after"], "us-east-1", "nothing promoted");
     let refusal = rep["refusal"].to_string();
     assert!(
@@ -225,16 +206,7 @@ async fn a_region_outage_drill_silences_the_primary_region_and_fails_back() -> R
     )
     .await?;
     let d = Daemon::start(&r, "us-east-1").await?;
-    let out = d.cli(&["drill", "run", "east-dark"]);
-    let rep = only_run(&d, "east-dark").await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
+    let (_, rep) = passing(&d, "east-dark").await?;
     assert_eq!(rep["primary_after"], "eu-west-1");
     assert_eq!(rep["primary_at_end"], "us-east-1");
     assert!(rep["faults"][0]["fault"]
@@ -249,6 +221,22 @@ fn node<'a>(s: &'a Value, name: &str) -> &'a Value {
         .as_array()
         .and_then(|n| n.iter().find(|n| n["name"] == name))
         .unwrap_or(&Value::Null)
+}
+
+/// `lifeboat drill run NAME`, followed to its end: its output and its report, or an error
+/// with both and the daemon's log unless it passed.
+pub async fn passing(d: &Daemon, name: &str) -> Result<(String, Value)> {
+    let out = d.cli(&["drill", "run", name]);
+    let rep = only_run(d, name).await?;
+    anyhow::ensure!(
+        out.status.success(),
+        "drill {name} did not pass:\n{}{}\n{}\n{}",
+        stdout(&out),
+        stderr(&out),
+        timeline(&rep),
+        d.log()
+    );
+    Ok((stdout(&out), rep))
 }
 
 /// The state letter of a process (`T`: stopped).
@@ -502,51 +490,18 @@ async fn a_data_corruption_drill_restores_the_dropped_rows_to_just_before_the_st
     let (repo, pass) = crate::backup::new_repo(dir)?;
     let scratch = dir.subdir("scratch")?;
     let mut config = std::fs::read_to_string(&r.config_path)?;
+    config.push_str(&crate::backup::following_the_primary(
+        &repo, &pass, dir, "1h",
+    ));
     config.push_str(&format!(
-        r#"
-[backup.repositories.main]
-location = "{repo}"
-password-file = "{pass}"
-
-[backup.sources.db]
-follow-primary = true
-
-[backup.tiers.base]
-kind = "full"
-sources = ["db"]
-repository = "main"
-every = "1h"
-keep = {{ last = 2 }}
-
-[backup.wal]
-source = "db"
-repository = "main"
-spool-dir = "{spool}"
-upload-every = "300ms"
-
-[drills.oops]
-scenario = "data-corruption"
-service = "orders"
-scratch-dir = "{scratch}"
-"#,
-        pass = pass.display(),
-        spool = dir.path().join("spool").display(),
-        scratch = scratch.display(),
+        "\n[drills.oops]\nscenario = \"data-corruption\"\nservice = \"orders\"\nscratch-dir = \"{}\"\n",
+        scratch.display()
     ));
     std::fs::write(&r.config_path, config)?;
     let d = Daemon::start(&r, "us-east-1").await?;
     crate::backup::wait_for_base_backup_of(&repo, &r.primary, &d).await?;
 
-    let out = d.cli(&["drill", "run", "oops"]);
-    let rep = only_run(&d, "oops").await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
+    let (_, rep) = passing(&d, "oops").await?;
     assert_eq!(rep["restore"]["found"], 1000, "{rep:#}");
     assert_eq!(
         checks(&rep).into_iter().map(|c| c.0).collect::<Vec<_>>(),
@@ -587,16 +542,7 @@ async fn a_gradual_degradation_drill_holds_while_the_primary_is_slow_and_fails_o
     )
     .await?;
     let d = Daemon::start(&r, "us-east-1").await?;
-    let out = d.cli(&["drill", "run", "slow"]);
-    let rep = only_run(&d, "slow").await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
+    let (_, rep) = passing(&d, "slow").await?;
     assert_eq!(rep["degraded"]["max_stall_ms"], 400);
     assert!(rep["degraded"]["promoted_while_slow"].is_null());
     assert_eq!(
@@ -629,16 +575,7 @@ async fn a_partition_drill_cuts_the_regions_apart_and_nothing_is_promoted() -> R
     )
     .await?;
     let d = Daemon::start(&r, "us-east-1").await?;
-    let out = d.cli(&["drill", "run", "split"]);
-    let rep = only_run(&d, "split").await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
+    let (_, rep) = passing(&d, "split").await?;
     assert_eq!(rep["cut_off"][0], "eu-west-1", "{rep:#}");
     assert_eq!(rep["primary_after"], "us-east-1");
     d.wait_until("the standby streams again", T, |s| {
@@ -664,16 +601,7 @@ async fn a_disk_full_drill_measures_the_write_outage_and_loses_nothing() -> Resu
     );
     std::fs::write(&r.config_path, text)?;
     let d = Daemon::start(&r, "us-east-1").await?;
-    let out = d.cli(&["drill", "run", "full"]);
-    let rep = only_run(&d, "full").await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{}\n{}",
-        stdout(&out),
-        stderr(&out),
-        timeline(&rep),
-        d.log()
-    );
+    let (_, rep) = passing(&d, "full").await?;
     assert_eq!(rep["measured"]["outage"], true, "writes failed: {rep:#}");
     let rto = rep["measured"]["rto_ms"].as_u64().unwrap();
     assert!(

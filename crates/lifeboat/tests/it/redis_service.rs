@@ -568,17 +568,7 @@ async fn a_redis_primary_failure_drill_hangs_the_primary_and_fails_back() -> Res
         "\n[drills.cache-hang]\nscenario = \"primary-failure\"\nservice = \"cache\"\nduration = \"3s\"\n",
     )
     .await?;
-    let out = c.daemon.cli(&["drill", "run", "cache-hang"]);
-    let h = crate::get(&format!("{}/v1/drills/cache-hang/history", c.daemon.api)).await?;
-    let id = h["runs"][0]["id"].as_i64().context("a run")?;
-    let rep = crate::get(&format!("{}/v1/drill-runs/{id}", c.daemon.api)).await?;
-    assert!(
-        out.status.success(),
-        "{}{}\n{rep:#}\n{}",
-        stdout(&out),
-        crate::stderr(&out),
-        c.daemon.log()
-    );
+    let (_, rep) = crate::drills::passing(&c.daemon, "cache-hang").await?;
     assert_eq!(rep["kind"], "redis");
     assert!(rep["faults"][0]["fault"]
         .as_str()
