@@ -127,6 +127,25 @@ pub struct Drilled {
     pub handle: Handle,
 }
 
+/// Ends a run's turn when its task ends, however it ends: the next drill may start. A run
+/// that panicked has its faults undone (as at a start after a crash).
+struct Done(Arc<Inner>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        *self.0.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if std::thread::panicking() {
+            let store = self.0.store.clone();
+            tokio::spawn(async move {
+                match recover(&store).await {
+                    Ok(said) => said.iter().for_each(|l| warn!("{l}")),
+                    Err(e) => warn!(error = %e, "undoing the faults of a drill that panicked"),
+                }
+            });
+        }
+    }
+}
+
 /// The drills of a daemon: start, abort, reports, history, schedules and metrics.
 #[derive(Clone)]
 pub struct Drills {
@@ -568,6 +587,7 @@ impl Drills {
         let me = self.clone();
         let target = target.clone();
         self.inner.tasks.spawn(async move {
+            let _done = Done(me.inner.clone());
             let run = Run {
                 inner: me.inner.clone(),
                 d,
@@ -580,7 +600,6 @@ impl Drills {
             let report = run.drive(prepared).await;
             me.inner.metrics.record(&report);
             me.refresh_outstanding();
-            *me.inner.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
             info!(drill = %report.drill, run = report.id, status = %report.status, "drill ended");
         });
         Ok(Started {
@@ -995,7 +1014,7 @@ impl Run {
 
     fn note(&mut self, outcome: &str, what: impl Into<String>) {
         let what = what.into();
-        info!(drill = %self.d.scenario, run = self.report.id, "{what}");
+        info!(drill = %self.report.drill, run = self.report.id, "{what}");
         self.report.note(now(), outcome, what);
         self.save();
     }

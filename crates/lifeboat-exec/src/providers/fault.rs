@@ -1,9 +1,10 @@
-//! Faults that drills apply on purpose: a server killed or hung, a WAL receiver held, a port
-//! or a whole region gone silent. A [`Fault`] is built with everything its undo needs (the
-//! processes by PID *and* start time, so a reused PID is never signalled; the nftables table
-//! by name) and recorded before it is applied, so whoever finds it recorded can undo it: the
-//! runner, or the next start after the runner was killed. Applying and undoing are
-//! idempotent and bounded, and answer [`Answer`].
+//! Faults that drills apply on purpose: a server killed, hung or slowed down, a WAL receiver
+//! held, a port or a whole region gone silent, regions cut apart, a file system filled (and
+//! the scratch directory of a side server, cleaned up like a fault). A [`Fault`] is built with
+//! everything its undo needs (processes by PID *and* start time, so a reused PID is never
+//! signalled; the nftables table and cgroups by name; the fill file) and recorded before it is
+//! applied, so whoever finds it recorded can undo it: the runner, or the next start after the
+//! runner was killed. Applying and undoing are idempotent and bounded, and answer [`Answer`].
 //!
 //! Processes are found from the listening socket: the process that listens on the node's
 //! port on this machine, and every process it started. So a fault reaches only servers that
