@@ -20,6 +20,13 @@ async fn regions(prefix: &str, failover: &str, drills: &str) -> Result<TwoRegion
     Ok(r)
 }
 
+/// [`regions`] and a daemon protecting them, routing to us-east-1.
+async fn drilled(prefix: &str, failover: &str, drills: &str) -> Result<(TwoRegions, Daemon)> {
+    let r = regions(prefix, failover, drills).await?;
+    let d = Daemon::start(&r, "us-east-1").await?;
+    Ok((r, d))
+}
+
 async fn report(d: &Daemon, id: i64) -> Result<Value> {
     get(&format!("{}/v1/drill-runs/{id}", d.api)).await
 }
@@ -68,13 +75,12 @@ fn timeline(r: &Value) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_primary_failure_drill_kills_the_primary_measures_the_recovery_and_fails_back(
 ) -> Result<()> {
-    let r = regions(
+    let (r, d) = drilled(
         "drill-kill",
         "",
         "[drills.kill-primary]\nscenario = \"primary-failure\"\nservice = \"orders\"\nduration = \"3s\"\nschedule = \"0 10 * * TUE\"\n",
     )
     .await?;
-    let d = Daemon::start(&r, "us-east-1").await?;
 
     let dry = d.cli(&["drill", "run", "kill-primary", "--dry-run"]);
     assert!(dry.status.success(), "{}{}", stdout(&dry), stderr(&dry));
@@ -162,13 +168,12 @@ async fn a_primary_failure_drill_kills_the_primary_measures_the_recovery_and_fai
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_lag_drill_passes_only_because_lifeboat_refuses_to_promote_and_says_why(
 ) -> Result<()> {
-    let r = regions(
+    let (_servers, d) = drilled(
         "drill-lag",
         "max-lag = \"1MiB\"",
         "[drills.lagging]\nscenario = \"replica-lag\"\nservice = \"orders\"\nduration = \"3s\"\n",
     )
     .await?;
-    let d = Daemon::start(&r, "us-east-1").await?;
     let (_, rep) = passing(&d, "lagging").await?;
     assert_eq!(rep["primary_after"], "us-east-1", "nothing promoted");
     let refusal = rep["refusal"].to_string();
@@ -199,13 +204,12 @@ async fn a_region_outage_drill_silences_the_primary_region_and_fails_back() -> R
         eprintln!("skipped: {why}");
         return Ok(());
     }
-    let r = regions(
+    let (_servers, d) = drilled(
         "drill-region",
         "",
         "[drills.east-dark]\nscenario = \"region-outage\"\nservice = \"orders\"\nregion = \"us-east\"\nduration = \"4s\"\n",
     )
     .await?;
-    let d = Daemon::start(&r, "us-east-1").await?;
     let (_, rep) = passing(&d, "east-dark").await?;
     assert_eq!(rep["primary_after"], "eu-west-1");
     assert_eq!(rep["primary_at_end"], "us-east-1");
@@ -339,13 +343,12 @@ async fn bad_drills_are_refused_with_the_reason() -> Result<()> {
     }
 
     // A valid config: an unknown drill, and a drill on a service that is not healthy.
-    let r = regions(
+    let (r, d) = drilled(
         "drill-unfit",
         "",
         "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\n\n[maintenance.always]\nstart = \"* * * * *\"\nduration = \"2m\"\nservices = [\"orders\"]\n",
     )
     .await?;
-    let d = Daemon::start(&r, "us-east-1").await?;
     let out = d.cli(&["drill", "run", "hang", "--dry-run"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -535,13 +538,12 @@ async fn a_data_corruption_drill_restores_the_dropped_rows_to_just_before_the_st
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gradual_degradation_drill_holds_while_the_primary_is_slow_and_fails_over_when_lost(
 ) -> Result<()> {
-    let r = regions(
+    let (_servers, d) = drilled(
         "drill-slow",
         "",
         "[drills.slow]\nscenario = \"gradual-degradation\"\nservice = \"orders\"\nduration = \"8s\"\n",
     )
     .await?;
-    let d = Daemon::start(&r, "us-east-1").await?;
     let (_, rep) = passing(&d, "slow").await?;
     assert_eq!(rep["degraded"]["max_stall_ms"], 400);
     assert!(rep["degraded"]["promoted_while_slow"].is_null());
@@ -568,13 +570,12 @@ async fn a_partition_drill_cuts_the_regions_apart_and_nothing_is_promoted() -> R
         eprintln!("skipped: {why}");
         return Ok(());
     }
-    let r = regions(
+    let (_servers, d) = drilled(
         "drill-split",
         "",
         "[drills.split]\nscenario = \"partition\"\nservice = \"orders\"\nduration = \"4s\"\n",
     )
     .await?;
-    let d = Daemon::start(&r, "us-east-1").await?;
     let (_, rep) = passing(&d, "split").await?;
     assert_eq!(rep["cut_off"][0], "eu-west-1", "{rep:#}");
     assert_eq!(rep["primary_after"], "us-east-1");
