@@ -1223,7 +1223,7 @@ impl Run {
             }
             _ => None,
         };
-        self.report.writes = writes;
+        self.report.keep_writes(writes);
         self.report.record.measured = measured.clone();
         let left_broken = if self.report.fault_at_ms.is_none() {
             None

@@ -46,8 +46,40 @@ pub struct Report {
     pub timeline: Vec<Entry>,
     pub incidents: Vec<i64>,
     pub verdict: Option<Verdict>,
-    /// The canary's writes (for the chart).
+    /// The canary's writes (for the chart): every failed one, and every `acks_every`-th
+    /// acknowledged one, so that a long drill's report stays small.
     pub writes: Vec<Write>,
+    #[serde(default = "one")]
+    pub acks_every: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// At most this many writes are kept in a report.
+const KEPT_WRITES: usize = 4_000;
+
+impl Report {
+    /// Keeps `writes` for the chart: all of them when few, otherwise every failed write and an
+    /// even sample of the acknowledged ones.
+    pub fn keep_writes(&mut self, writes: Vec<Write>) {
+        let acked = writes.iter().filter(|w| w.acked_ms.is_some()).count();
+        let room = KEPT_WRITES.saturating_sub(writes.len() - acked).max(1);
+        let every = acked.div_ceil(room).max(1);
+        let mut i = 0;
+        self.writes = writes
+            .into_iter()
+            .filter(|w| {
+                if w.acked_ms.is_none() {
+                    return true;
+                }
+                i += 1;
+                (i - 1) % every == 0
+            })
+            .collect();
+        self.acks_every = every as u64;
+    }
 }
 
 impl Report {
@@ -224,12 +256,9 @@ impl Report {
             .max()
             .unwrap_or(t0)
             .max(t0 + 1);
-        let acked_total = self
-            .writes
-            .iter()
-            .filter(|w| w.acked_ms.is_some())
-            .count()
-            .max(1);
+        let every = self.acks_every.max(1) as usize;
+        let acked_total =
+            (self.writes.iter().filter(|w| w.acked_ms.is_some()).count() * every).max(1);
         let x = |t: u64| L + (t.saturating_sub(t0)) as f64 / (t1 - t0) as f64 * (W - L - R);
         let y = |n: usize| H - B - n as f64 / acked_total as f64 * (H - T - B);
         // Outage: fault to the first acknowledgement after it.
@@ -286,7 +315,7 @@ impl Report {
         let mut acks: Vec<u64> = self.writes.iter().filter_map(|w| w.acked_ms).collect();
         acks.sort_unstable();
         for a in acks {
-            n += 1;
+            n += every;
             let _ = write!(points, " {:.1},{:.1}", x(a), y(n));
         }
         let _ = writeln!(

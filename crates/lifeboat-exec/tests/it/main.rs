@@ -333,3 +333,27 @@ fn a_drill_schedule_names_the_next_matching_minute_in_utc() {
         "strictly after: an occurrence does not fire twice"
     );
 }
+
+/// A long drill's report keeps every failed write and an even sample of the acknowledged
+/// ones, and its chart still counts them all.
+#[test]
+fn a_long_drills_report_keeps_a_sample_of_its_writes() {
+    use lifeboat_core::drill::Write;
+    let writes: Vec<Write> = (0..10_000u64)
+        .map(|seq| Write {
+            seq,
+            sent_ms: 1_000 + seq * 20,
+            acked_ms: (!(5_000..5_100).contains(&seq)).then_some(1_005 + seq * 20),
+        })
+        .collect();
+    let mut r = lifeboat_exec::drill::Report::default();
+    r.keep_writes(writes);
+    let failed = r.writes.iter().filter(|w| w.acked_ms.is_none()).count();
+    assert_eq!(failed, 100, "every failed write is kept");
+    assert!(r.writes.len() <= 4_000, "{} kept", r.writes.len());
+    assert_eq!(r.acks_every, 3);
+    assert!(
+        r.svg().contains("acknowledged writes (9900)"),
+        "the chart counts them all"
+    );
+}
