@@ -276,7 +276,7 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
         if run.status != "running" {
             continue;
         }
-        let mut report: Report = serde_json::from_str(&run.report).unwrap_or_default();
+        let mut report = read_report(&run);
         let at = now();
         report.note(
             at,
@@ -317,6 +317,15 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
         store.drill_run_save(run.id, "interrupted", Some(at), &json(&report))?;
     }
     Ok(said)
+}
+
+/// A stored run's report, under the run's id (the first save of a report precedes its id).
+fn read_report(run: &lifeboat_store::DrillRun) -> Report {
+    let mut r: Report = serde_json::from_str(&run.report).unwrap_or_default();
+    r.id = run.id;
+    r.drill.clone_from(&run.drill);
+    r.status.clone_from(&run.status);
+    r
 }
 
 fn json(r: &Report) -> String {
@@ -388,9 +397,7 @@ impl Drills {
         // The metrics start from the history.
         if let Ok(runs) = d.inner.store.drill_runs(None, 1000) {
             for r in runs.iter().rev().filter(|r| r.status != "running") {
-                if let Ok(rep) = serde_json::from_str::<Report>(&r.report) {
-                    d.inner.metrics.record(&rep);
-                }
+                d.inner.metrics.record(&read_report(r));
             }
         }
         d.refresh_outstanding();
@@ -439,10 +446,7 @@ impl Drills {
                     .as_deref()
                     .and_then(|s| next_after(s, now()))
                     .map(|m| m.0),
-                last_run: last
-                    .first()
-                    .and_then(|r| serde_json::from_str::<Report>(&r.report).ok())
-                    .map(|r| RunSummary::of(&r)),
+                last_run: last.first().map(read_report).map(|r| RunSummary::of(&r)),
                 running: running.as_deref() == Some(name.as_str()),
             });
         }
@@ -460,7 +464,7 @@ impl Drills {
             .store
             .drill_run(id)?
             .ok_or(DrillError::NoRun(id))?;
-        Ok(serde_json::from_str(&run.report).unwrap_or_default())
+        Ok(read_report(&run))
     }
 
     pub fn history(&self, name: &str, limit: u32) -> Result<Vec<RunSummary>, DrillError> {
@@ -470,7 +474,7 @@ impl Drills {
             .store
             .drill_runs(Some(name), limit)?
             .iter()
-            .filter_map(|r| serde_json::from_str::<Report>(&r.report).ok())
+            .map(read_report)
             .map(|r| RunSummary::of(&r))
             .collect())
     }
@@ -1407,16 +1411,17 @@ impl Run {
                 .any(|n| n.name == p.primary && n.health == "down");
             let acting =
                 s.in_flight.is_some() || s.decision.iter().any(|d| d.starts_with("executing "));
-            if lost
-                && !acting
-                && s.primary.as_deref() == Some(p.primary.as_str())
-                && self.report.record.refusal != s.decision
-            {
+            // The reasons carry the latest probe error, which changes with every probe: the
+            // report keeps the latest, the timeline the first.
+            if lost && !acting && s.primary.as_deref() == Some(p.primary.as_str()) {
+                let first = self.report.record.refusal.is_empty();
                 self.report.record.refusal = s.decision.clone();
-                self.note(
-                    "info",
-                    format!("Lifeboat does not promote: {}", s.decision.join("; ")),
-                );
+                if first {
+                    self.note(
+                        "info",
+                        format!("Lifeboat does not promote: {}", s.decision.join("; ")),
+                    );
+                }
             }
             for (name, before) in &other_incidents {
                 let now_inc = self.inner.services[name].handle.status().last_incident;

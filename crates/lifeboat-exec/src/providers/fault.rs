@@ -32,12 +32,27 @@ pub struct Proc {
 pub enum Fault {
     /// SIGKILL to a server and its processes. Undone by bringing the node back (a rejoin),
     /// which is the drill's rollback, not a signal.
-    Kill { target: String, procs: Vec<Proc> },
+    Kill {
+        target: String,
+        procs: Vec<Proc>,
+        #[serde(default)]
+        port: u16,
+    },
     /// SIGSTOP; undone by SIGCONT.
-    Pause { target: String, procs: Vec<Proc> },
+    Pause {
+        target: String,
+        procs: Vec<Proc>,
+        #[serde(default)]
+        port: u16,
+    },
     /// Stopped and continued in turns by the drill (latency that rises in steps); undone by
     /// SIGCONT.
-    Throttle { target: String, procs: Vec<Proc> },
+    Throttle {
+        target: String,
+        procs: Vec<Proc>,
+        #[serde(default)]
+        port: u16,
+    },
     /// Every TCP packet to and from `ports` on this machine dropped, by an nftables table of
     /// its own; undone by deleting the table.
     Silence {
@@ -138,6 +153,7 @@ impl Fault {
         Ok(Fault::Kill {
             target: format!("node {node}"),
             procs: server_processes(node, addr)?,
+            port: addr.port(),
         })
     }
 
@@ -146,6 +162,7 @@ impl Fault {
         Ok(Fault::Pause {
             target: format!("node {node}"),
             procs: server_processes(node, addr)?,
+            port: addr.port(),
         })
     }
 
@@ -155,14 +172,15 @@ impl Fault {
         Ok(Fault::Throttle {
             target: format!("node {node}"),
             procs: server_processes(node, addr)?,
+            port: addr.port(),
         })
     }
 
     /// Stops (`true`) or continues the processes of a throttle.
     pub fn stall(&self, stopped: bool) -> Answer {
         match self {
-            Fault::Throttle { procs, .. } => signal_all(
-                procs,
+            Fault::Throttle { procs, port, .. } => signal_all(
+                &now_or(procs, *port),
                 if stopped {
                     Signal::SIGSTOP
                 } else {
@@ -185,9 +203,11 @@ impl Fault {
                 "node {node} has no WAL receiver process: is it a streaming standby?"
             ));
         }
+        // Port 0: only these processes, not the whole server.
         Ok(Fault::Pause {
             target: format!("the WAL receiver of {node}"),
             procs,
+            port: 0,
         })
     }
 
@@ -213,11 +233,13 @@ impl Fault {
     /// What this fault does, in one line.
     pub fn describe(&self) -> String {
         match self {
-            Fault::Kill { target, procs } => format!("kill {target} ({} processes)", procs.len()),
-            Fault::Pause { target, procs } => {
+            Fault::Kill { target, procs, .. } => {
+                format!("kill {target} ({} processes)", procs.len())
+            }
+            Fault::Pause { target, procs, .. } => {
                 format!("pause {target} ({} processes)", procs.len())
             }
-            Fault::Throttle { target, procs } => {
+            Fault::Throttle { target, procs, .. } => {
                 format!("slow {target} down ({} processes)", procs.len())
             }
             Fault::Scratch { target, dir, .. } => format!("{target} in {}", dir.display()),
@@ -238,8 +260,8 @@ impl Fault {
 
     pub async fn apply(&self, budget: Duration) -> Answer {
         match self {
-            Fault::Kill { procs, .. } => signal_all(procs, Signal::SIGKILL),
-            Fault::Pause { procs, .. } => signal_all(procs, Signal::SIGSTOP),
+            Fault::Kill { procs, port, .. } => signal_all(&now_or(procs, *port), Signal::SIGKILL),
+            Fault::Pause { procs, port, .. } => signal_all(&now_or(procs, *port), Signal::SIGSTOP),
             Fault::Throttle { .. } => {
                 Answer::Ok("the drill stops and continues them in turns".into())
             }
@@ -275,8 +297,8 @@ impl Fault {
             Fault::Kill { .. } => {
                 Answer::Ok("a killed server is brought back by the rejoin of the rollback".into())
             }
-            Fault::Pause { procs, .. } | Fault::Throttle { procs, .. } => {
-                signal_all(procs, Signal::SIGCONT)
+            Fault::Pause { procs, port, .. } | Fault::Throttle { procs, port, .. } => {
+                signal_all(&now_or(procs, *port), Signal::SIGCONT)
             }
             Fault::Silence { table, .. } => {
                 match nft(&["delete", "table", "inet", table], None, budget).await {
@@ -503,6 +525,21 @@ async fn remove_scratch(
         }
         Err(e) => Answer::Failed(format!("removing {}: {e}", dir.display())),
     }
+}
+
+/// The recorded processes and, when the fault names its server's port, every process of that
+/// server now: a server starts processes after the fault was prepared (a backend for each new
+/// client), and they are part of the server as much as the ones recorded.
+fn now_or(recorded: &[Proc], port: u16) -> Vec<Proc> {
+    let mut all: Vec<Proc> = recorded.to_vec();
+    if port != 0 {
+        for p in listening_on(port) {
+            if !all.contains(&p) {
+                all.push(p);
+            }
+        }
+    }
+    all
 }
 
 /// Signals every process that is still the one recorded (same PID, same start time).

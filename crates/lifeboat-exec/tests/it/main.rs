@@ -357,3 +357,16 @@ fn a_long_drills_report_keeps_a_sample_of_its_writes() {
         "the chart counts them all"
     );
 }
+
+/// A drill report survives the store: the JSON it is kept as reads back the same.
+#[test]
+fn a_drill_report_reads_back_as_it_was_written() {
+    let mut r = lifeboat_exec::drill::Report {
+        status: "skipped".into(),
+        ..Default::default()
+    };
+    r.note(lifeboat_core::Millis(5), "failed", "x");
+    let text = serde_json::to_string(&r).unwrap();
+    let back: lifeboat_exec::drill::Report = serde_json::from_str(&text).expect(&text);
+    assert_eq!(back, r);
+}

@@ -625,3 +625,59 @@ async fn a_disk_full_drill_measures_the_write_outage_and_loses_nothing() -> Resu
     );
     Ok(())
 }
+
+/// A drill stops itself, and undoes its fault, when the canary has had nothing acknowledged
+/// for `max-outage` (here: a hang nothing fails over, in manual mode).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drill_past_its_max_outage_stops_and_undoes_its_fault() -> Result<()> {
+    let (r, d) = drilled(
+        "drill-guard",
+        "mode = \"manual\"",
+        "[drills.hang]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"60s\"\nmax-outage = \"2s\"\n",
+    )
+    .await?;
+    let pid = postmaster_pid(&r)?;
+    let out = d.cli(&["drill", "run", "hang"]);
+    assert_eq!(out.status.code(), Some(1), "an aborted drill does not pass");
+    let rep = only_run(&d, "hang").await?;
+    assert_eq!(rep["status"], "aborted", "{rep:#}");
+    assert!(
+        timeline(&rep).contains("no canary write was acknowledged for 2s (max-outage)"),
+        "{}",
+        timeline(&rep)
+    );
+    assert_ne!(proc_state(pid), Some('T'), "the hang is undone");
+    Ok(())
+}
+
+/// A scheduled drill starts by itself when its cron expression says (every minute here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_drill_starts_by_itself() -> Result<()> {
+    let (_servers, d) = drilled(
+        "drill-cron",
+        "mode = \"manual\"",
+        "[drills.minutely]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"1s\"\nschedule = \"* * * * *\"\nfailback = false\n",
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(75);
+    let rep = loop {
+        let h = get(&format!("{}/v1/drills/minutely/history", d.api)).await?;
+        if let Some(id) = h["runs"][0]["id"].as_i64() {
+            let rep = ended(&d, id).await?;
+            break rep;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no scheduled run within 75 s\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        timeline(&rep).contains("started by schedule"),
+        "{rep:#}\n{}",
+        d.log()
+    );
+    assert_ne!(rep["status"], "skipped", "{rep:#}");
+    Ok(())
+}
