@@ -99,13 +99,18 @@ impl Store {
         })
     }
 
-    /// The newest runs, of one drill or of all, newest first.
-    pub fn drill_runs(&self, drill: Option<&str>, limit: u32) -> Result<Vec<DrillRun>, StoreError> {
+    /// The newest runs, of one drill or of all, with one status or any, newest first.
+    pub fn drill_runs(
+        &self,
+        drill: Option<&str>,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DrillRun>, StoreError> {
         self.with(|c| {
             let mut st = c.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM drill_runs WHERE ?1 IS NULL OR drill = ?1 ORDER BY id DESC LIMIT ?2"
+                "SELECT {RUN_COLUMNS} FROM drill_runs WHERE (?1 IS NULL OR drill = ?1) AND (?2 IS NULL OR status = ?2) ORDER BY id DESC LIMIT ?3"
             ))?;
-            let rows = st.query_map(params![drill, limit], run_row)?;
+            let rows = st.query_map(params![drill, status, limit], run_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -212,14 +212,20 @@ impl DrillMetrics {
         );
     }
 
+    /// A run that ended: counted, and shown as the drill's last.
     fn record(&self, r: &Report) {
-        let l = vec![("drill", r.drill.clone())];
         self.runs
             .get_or_create(&vec![
                 ("drill", r.drill.clone()),
                 ("result", r.status.clone()),
             ])
             .inc();
+        self.show_last(r);
+    }
+
+    /// The gauges of a drill's last run.
+    fn show_last(&self, r: &Report) {
+        let l = vec![("drill", r.drill.clone())];
         let end = r.ended_ms.unwrap_or(r.started_ms) as f64 / 1000.0;
         self.last_run.get_or_create(&l).set(end);
         let pass = r.status == "passed";
@@ -272,10 +278,7 @@ pub async fn recover(store: &Store) -> Result<Vec<String>, StoreError> {
             .or_default()
             .push((fault.describe(), ok, a.detail().to_owned()));
     }
-    for run in store.drill_runs(None, 1000)? {
-        if run.status != "running" {
-            continue;
-        }
+    for run in store.drill_runs(None, Some("running"), 1000)? {
         let mut report = read_report(&run);
         let at = now();
         report.note(
@@ -394,10 +397,17 @@ impl Drills {
                 tasks,
             }),
         };
-        // The metrics start from the history.
-        if let Ok(runs) = d.inner.store.drill_runs(None, 1000) {
-            for r in runs.iter().rev().filter(|r| r.status != "running") {
-                d.inner.metrics.record(&read_report(r));
+        // The gauges start from each drill's last run and last success (two rows each, not
+        // the history); the counters start at zero, as counters do after a restart.
+        let store = &d.inner.store;
+        for name in d.inner.cfg.drills.keys() {
+            for status in [Some("passed"), None] {
+                if let Ok(Some(r)) = store
+                    .drill_runs(Some(name), status, 1)
+                    .map(|v| v.into_iter().next())
+                {
+                    d.inner.metrics.show_last(&read_report(&r));
+                }
             }
         }
         d.refresh_outstanding();
@@ -435,7 +445,7 @@ impl Drills {
         let running = self.running().map(|(_, d)| d);
         let mut out = Vec::new();
         for (name, d) in &self.inner.cfg.drills {
-            let last = self.inner.store.drill_runs(Some(name), 1)?;
+            let last = self.inner.store.drill_runs(Some(name), None, 1)?;
             out.push(DrillInfo {
                 name: name.clone(),
                 scenario: d.scenario.clone(),
@@ -472,7 +482,7 @@ impl Drills {
         Ok(self
             .inner
             .store
-            .drill_runs(Some(name), limit)?
+            .drill_runs(Some(name), None, limit)?
             .iter()
             .map(read_report)
             .map(|r| RunSummary::of(&r))

@@ -479,6 +479,17 @@ async fn an_aborted_drill_and_a_daemon_stopped_mid_drill_undo_their_fault() -> R
         "{}",
         timeline(&rep)
     );
+    // The restarted daemon shows the drill's last run from the store.
+    let metrics = reqwest::get(format!("{}/metrics", d.api))
+        .await?
+        .text()
+        .await?;
+    for want in [
+        "lifeboat_drill_last_run_timestamp_seconds{drill=\"hang\"}",
+        "lifeboat_drill_passed{drill=\"hang\"} 0",
+    ] {
+        assert!(metrics.contains(want), "{want} missing in\n{metrics}");
+    }
     Ok(())
 }
 
