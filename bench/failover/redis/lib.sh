@@ -14,6 +14,37 @@ CANARY="$HERE/canary_redis.py"
 
 # shellcheck source=../common.sh
 . "$HERE/../common.sh"
+# shared_option ARGS...: takes the option at the front of ARGS that both adapters have, and
+# sets SHIFT to how many words it used; exits on an unknown one, and on --help.
+# shellcheck disable=SC2034  # the options belong to the scripts that source this file
+shared_option() {
+  SHIFT=2
+  case "$1" in
+    --runs) RUNS="$2";;
+    --fault) FAULT="$2";;
+    --fault-for) FAULT_FOR="$2";;
+    --steady) STEADY="$2";;
+    --steady-jitter) STEADY_JITTER="$2";;
+    --post) POST="$2";;
+    --promote-timeout) PROMOTE_TIMEOUT="$2";;
+    --results) RESULTS_DIR="$2";;
+    --keep-tmp) KEEP_TMP=1; SHIFT=1;;
+    --interval) CANARY_INTERVAL="$2";;
+    --hard-limit) RUN_HARD_LIMIT="$2";;
+    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0;;
+    *) echo "unknown argument: $1" >&2; exit 2;;
+  esac
+}
+
+# redis_fault_check: fails on a fault this benchmark cannot apply; skips (exit 0) a silent
+# network this machine cannot make.
+redis_fault_check() {
+  if ! fault_check "$FAULT"; then
+    [[ "$FAULT" == silent ]] && { echo "skipping --fault silent: this machine cannot apply it (reason above)" >&2; exit 0; }
+    exit 2
+  fi
+}
+
 # nap S: a sleep that a TERM/INT trap can interrupt (bash runs traps only between commands,
 # but at once while it waits in the `wait` builtin)
 nap() { sleep "$1" & wait $!; }

@@ -29,22 +29,14 @@ SETTINGS="" FAULT=kill FAULT_FOR=10 RUNS=1 STEADY=10 STEADY_JITTER=10 POST=5 PRO
 CANARY_INTERVAL=0.010 WAIT_TIMEOUT_MS=500 RUN_HARD_LIMIT=300
 RESULTS_DIR="$FAILOVER_DIR/results/redis"
 
+# shellcheck source=../faults.sh
+. "$FAILOVER_DIR/faults.sh"
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 while (($#)); do
   case "$1" in
     --settings) SETTINGS="$2"; shift 2;;
-    --runs) RUNS="$2"; shift 2;;
-    --fault) FAULT="$2"; shift 2;;
-    --fault-for) FAULT_FOR="$2"; shift 2;;
-    --steady) STEADY="$2"; shift 2;;
-    --steady-jitter) STEADY_JITTER="$2"; shift 2;;
-    --post) POST="$2"; shift 2;;
-    --promote-timeout) PROMOTE_TIMEOUT="$2"; shift 2;;
-    --results) RESULTS_DIR="$2"; shift 2;;
-    --keep-tmp) KEEP_TMP=1; shift;;
-    --interval) CANARY_INTERVAL="$2"; shift 2;;
-    --hard-limit) RUN_HARD_LIMIT="$2"; shift 2;;
-    -h|--help) awk 'NR>1 && /^#/ {sub(/^# ?/, ""); print; next} NR>1 {exit}' "$0"; exit 0;;
-    *) echo "unknown argument: $1" >&2; exit 2;;
+    *) shared_option "$@"; shift "$SHIFT";;
   esac
 done
 
@@ -76,14 +68,7 @@ case "$SETTINGS" in
   *) echo "--settings default|tuned is required" >&2; exit 2;;
 esac
 
-# shellcheck source=../faults.sh
-. "$FAILOVER_DIR/faults.sh"
-# shellcheck source=lib.sh
-. "$HERE/lib.sh"
-if ! fault_check "$FAULT"; then
-  [[ "$FAULT" == silent ]] && { echo "skipping --fault silent: this machine cannot apply it (reason above)" >&2; exit 0; }
-  exit 2
-fi
+redis_fault_check
 [[ "$FAULT" == switchover ]] && { echo "--fault switchover is not part of the Redis benchmark" >&2; exit 2; }
 redis_preflight "$REDIS_SENTINEL" || exit 2
 mkdir -p "$RESULTS_DIR"
