@@ -220,12 +220,33 @@ impl RedisServer {
     }
 
     /// The first element of ROLE: `master` or `slave`.
+    /// The server's role. A fence ends every client connection (`CLIENT KILL TYPE normal`),
+    /// so a connection cut under the question is asked again, at most three times.
     pub async fn role(&self) -> Result<String> {
-        let reply: Vec<redis::Value> = redis::cmd("ROLE")
-            .query_async(&mut self.client().await?)
-            .await?;
-        let first = reply.into_iter().next().context("empty ROLE reply")?;
-        Ok(redis::from_redis_value(first)?)
+        let mut tries = 0;
+        loop {
+            let asked = async {
+                let reply: Vec<redis::Value> = redis::cmd("ROLE")
+                    .query_async(&mut self.client().await?)
+                    .await?;
+                anyhow::Ok(reply)
+            };
+            match asked.await {
+                Ok(reply) => {
+                    let first = reply.into_iter().next().context("empty ROLE reply")?;
+                    return Ok(redis::from_redis_value(first)?);
+                }
+                Err(e)
+                    if tries < 2
+                        && e.downcast_ref::<redis::RedisError>()
+                            .is_some_and(|r| r.is_io_error() || r.is_connection_dropped()) =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The `key:value` lines of `INFO replication`.
