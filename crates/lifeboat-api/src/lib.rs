@@ -15,7 +15,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lifeboat_core::Command;
 use lifeboat_exec::drill::DrillError;
+use lifeboat_exec::notify::status_page::StatusPages;
+use lifeboat_exec::notify::Notifiers;
 use lifeboat_exec::{Drills, Handle, Request};
+
+mod notify;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,6 +38,8 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     pub registry: Arc<Registry>,
     pub drills: Drills,
+    pub notifiers: Notifiers,
+    pub pages: StatusPages,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -46,6 +52,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/incidents", get(incidents))
         .route("/v1/incidents/{id}", get(incident))
+        .route("/v1/incidents/{id}/updates", post(notify::update))
+        .route("/v1/incidents/{id}/postmortem", get(notify::postmortem))
+        .route("/v1/notify", get(notify::list))
+        .route("/v1/notify/{name}/test", post(notify::test))
+        .route("/status", get(notify::status_html))
+        .route("/status.json", get(notify::status_json))
         .route("/v1/switchover", post(switchover))
         .route("/v1/failover", post(failover))
         .route("/v1/rejoin", post(rejoin))
@@ -90,7 +102,12 @@ async fn index() -> Json<serde_json::Value> {
             "GET /v1/status": "regions, nodes, roles, health, lag, endpoint target and the current decision",
             "GET /v1/events?limit=N": "recent events and decisions",
             "GET /v1/incidents?limit=N": "incidents, newest first",
-            "GET /v1/incidents/{id}": "one incident with its timeline and figures",
+            "GET /v1/incidents/{id}": "one incident with its timeline, figures, status state and updates",
+            "POST /v1/incidents/{id}/updates": "{\"state\": investigating|identified|monitoring|resolved, \"message\": TEXT, \"by\": NAME} set an incident's status (token)",
+            "GET /v1/incidents/{id}/postmortem": "a post-mortem draft in Markdown",
+            "GET /v1/notify": "notifiers, what they have not delivered yet, their last errors and recent deliveries",
+            "POST /v1/notify/{name}/test": "send a test message and wait for how it ended (token)",
+            "GET /status": "the public status page (HTML); /status.json is the same in JSON",
             "POST /v1/switchover": "{\"to\": NODE} planned switchover, zero loss (token)",
             "POST /v1/failover": "{\"to\": NODE, \"force\": false} manual failover (token)",
             "POST /v1/rejoin": "{\"node\": NODE} rewind or re-clone a fenced node as a standby (token)",

@@ -59,6 +59,34 @@ struct Metrics {
 /// The node Lifeboat records as the primary now (the controller's view in `lifeboat run`).
 pub type PrimaryFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
+/// What the scheduler tells people about (the daemon turns these into notices).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackupEvent {
+    /// The newest good snapshot of `source` in `tier` is older than the tier's RPO.
+    Stale {
+        source: String,
+        tier: String,
+        age_s: f64,
+        rpo_s: f64,
+    },
+    /// A stale tier has a new snapshot.
+    Fresh {
+        source: String,
+        tier: String,
+    },
+    RestoreTestFailed {
+        source: String,
+        error: String,
+    },
+    /// A restore test passed after one failed.
+    RestoreTestPassed {
+        source: String,
+        seconds: f64,
+    },
+}
+
+pub type EventFn = Arc<dyn Fn(BackupEvent) + Send + Sync>;
+
 /// How long a consistent group waits for the WAL holding its restore points.
 const GROUP_WAL_WAIT: Duration = Duration::from_secs(60);
 
@@ -69,6 +97,7 @@ pub struct Scheduler {
     nodes: BTreeMap<String, NodeConfig>,
     /// Where `follow-primary` sources look; without it (offline) the writable node is probed.
     primary: Option<PrimaryFn>,
+    events: Option<EventFn>,
     metrics: Arc<Metrics>,
     newest: Arc<Mutex<Newest>>,
 }
@@ -156,6 +185,7 @@ impl Scheduler {
             backup,
             nodes,
             primary: None,
+            events: None,
             metrics: Arc::new(Metrics::default()),
             newest: Default::default(),
         })
@@ -165,6 +195,18 @@ impl Scheduler {
     pub fn following(mut self, primary: PrimaryFn) -> Scheduler {
         self.primary = Some(primary);
         self
+    }
+
+    /// Stale tiers and failed restore tests are told to `f`.
+    pub fn reporting(mut self, f: EventFn) -> Scheduler {
+        self.events = Some(f);
+        self
+    }
+
+    fn tell(&self, e: BackupEvent) {
+        if let Some(f) = &self.events {
+            f(e)
+        }
     }
 
     pub fn config(&self) -> &BackupConfig {
@@ -349,16 +391,36 @@ impl Scheduler {
 
     /// Keeps the age and RPO gauges current.
     async fn age_worker(&self, wal: Arc<WalStatus>, cancel: CancellationToken) {
+        let mut stale = std::collections::BTreeSet::new();
         while !cancel.is_cancelled() {
             let now = unix_now();
+            let mut events = Vec::new();
             for ((source, tier), (t, rpo)) in self.newest.lock().expect("newest").iter() {
                 let l = labels(source, tier);
+                let exceeded = now - t > rpo.as_secs_f64();
                 self.metrics.last_success.get_or_create(&l).set(*t);
                 self.metrics.age.get_or_create(&l).set(now - t);
                 self.metrics
                     .rpo_exceeded
                     .get_or_create(&l)
-                    .set(i64::from(now - t > rpo.as_secs_f64()));
+                    .set(i64::from(exceeded));
+                let key = (source.clone(), tier.clone());
+                if exceeded && stale.insert(key.clone()) {
+                    events.push(BackupEvent::Stale {
+                        source: source.clone(),
+                        tier: tier.clone(),
+                        age_s: now - t,
+                        rpo_s: rpo.as_secs_f64(),
+                    });
+                } else if !exceeded && stale.remove(&key) {
+                    events.push(BackupEvent::Fresh {
+                        source: source.clone(),
+                        tier: tier.clone(),
+                    });
+                }
+            }
+            for e in events {
+                self.tell(e);
             }
             let synced = wal.last_synced_ms.load(Ordering::Relaxed) as f64 / 1000.0;
             if synced > 0.0 {
@@ -586,6 +648,7 @@ impl Scheduler {
         let Some(t) = self.backup.restore_test.clone() else {
             return;
         };
+        let mut failed = false;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -599,14 +662,32 @@ impl Scheduler {
                     m.restore_test_ok.set(i64::from(r.ok));
                     match &r.error {
                         None => {
-                            info!(source = %t.source, seconds = r.total_s, rows = r.rows, base = %r.base_snapshot, "restore test passed")
+                            info!(source = %t.source, seconds = r.total_s, rows = r.rows, base = %r.base_snapshot, "restore test passed");
+                            if std::mem::take(&mut failed) {
+                                self.tell(BackupEvent::RestoreTestPassed {
+                                    source: t.source.clone(),
+                                    seconds: r.total_s,
+                                });
+                            }
                         }
-                        Some(e) => warn!(source = %t.source, error = %e, "restore test failed"),
+                        Some(e) => {
+                            warn!(source = %t.source, error = %e, "restore test failed");
+                            failed = true;
+                            self.tell(BackupEvent::RestoreTestFailed {
+                                source: t.source.clone(),
+                                error: e.to_string(),
+                            });
+                        }
                     }
                 }
                 Err(e) => {
                     m.restore_test_ok.set(0);
                     warn!(source = %t.source, error = %e, "restore test could not run");
+                    failed = true;
+                    self.tell(BackupEvent::RestoreTestFailed {
+                        source: t.source.clone(),
+                        error: format!("could not run: {e}"),
+                    });
                 }
             }
         }

@@ -8,6 +8,7 @@
 mod backup;
 mod drill;
 mod load;
+mod notify;
 mod report;
 mod secret;
 mod types;
@@ -20,6 +21,9 @@ pub use backup::{
 };
 pub use drill::{parse_schedule, DrillConfig, FaultKind, MaintenanceConfig};
 pub use load::{load, parse, ConfigError, Loaded};
+pub use notify::{
+    EmailConfig, IncidentsConfig, NotifyConfig, PagerDutyConfig, Route, SlackConfig, WebhookConfig,
+};
 pub use report::{Finding, Report};
 pub use secret::{read_secret, SecretError};
 pub use types::*;

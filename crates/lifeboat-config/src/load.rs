@@ -266,6 +266,17 @@ fn resolve_paths(c: &mut Config, base: &Path) {
             abs(p)
         }
     }
+    for n in c.notify.values_mut() {
+        let files = match n {
+            crate::NotifyConfig::Slack(s) => [s.url_file.as_mut()],
+            crate::NotifyConfig::PagerDuty(p) => [p.routing_key_file.as_mut()],
+            crate::NotifyConfig::Webhook(w) => [w.secret_file.as_mut()],
+            crate::NotifyConfig::Email(e) => [e.password_file.as_mut()],
+        };
+        for p in files.into_iter().flatten() {
+            abs(p)
+        }
+    }
     for r in c.services.values_mut().flat_map(|s| s.regions.values_mut()) {
         for n in &mut r.nodes {
             if let Some(p) = n.password_file.as_mut() {

@@ -2,6 +2,7 @@
 
 use crate::backup::BackupConfig;
 use crate::drill::{DrillConfig, MaintenanceConfig};
+use crate::notify::{IncidentsConfig, NotifyConfig};
 use crate::units::{Dur, Size};
 use lifeboat_core::model::{FailoverMode, RegionRole, ReplicationMode};
 use serde::Deserialize;
@@ -27,6 +28,11 @@ pub struct Config {
     /// Maintenance windows by name: when they are open, drills of their services do not start.
     #[serde(default)]
     pub maintenance: BTreeMap<String, MaintenanceConfig>,
+    /// Notifiers by name: who hears about incidents, risks, stale backups and failed drills.
+    #[serde(default)]
+    pub notify: BTreeMap<String, NotifyConfig>,
+    #[serde(default)]
+    pub incidents: IncidentsConfig,
 }
 
 /// The datastore a service runs on; it picks the provider that probes, fences and promotes

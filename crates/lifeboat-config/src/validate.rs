@@ -11,6 +11,7 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
     controller(c, r);
     tiers(c, r);
     crate::drill::validate(c, r);
+    crate::notify::validate(c, r);
     if c.services.is_empty() {
         r.error(
             "services",

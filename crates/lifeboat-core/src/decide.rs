@@ -2,6 +2,7 @@
 
 use crate::health::Health;
 use crate::model::{FailoverMode, RegionRole, ReplicationMode};
+use crate::notice::{Condition, Severity};
 use crate::plan::{Decision, FenceMode, Plan, PlanKind, Step};
 use crate::time::{format_bytes, Millis};
 use crate::view::{ClusterView, NodeView, Policy};
@@ -643,4 +644,71 @@ fn choose_first_primary(v: &ClusterView, target: &NodeView) -> Result<Plan, Vec<
         fault_at: None,
         lag_bytes: None,
     })
+}
+
+/// What is at risk now without an incident, each a [`Condition`] the controller raises once
+/// it lasts: an automatic failover refused while the primary is down (and why), each standby
+/// that could not be promoted automatically if the primary were lost now (and why), and the
+/// RPO exposure (what a failover now could lose) above the tier's RPO. `decision` is what
+/// [`decide`] said for `v`; `exposure_s` and `rpo_s` are in seconds.
+pub fn risks(
+    v: &ClusterView,
+    p: &Policy,
+    decision: &Decision,
+    exposure_s: Option<f64>,
+    rpo_s: Option<f64>,
+) -> Vec<Condition> {
+    let mut out = Vec::new();
+    let Some(primary) = v.primary.as_deref().and_then(|n| v.node(n)) else {
+        return out;
+    };
+    if v.in_flight.is_some() {
+        return out;
+    }
+    if primary.health.is_down() {
+        if let Decision::NoAction { reasons } = decision {
+            out.push(Condition {
+                name: "failover-refused".into(),
+                severity: Severity::Critical,
+                sentence: format!(
+                    "primary {} is {} and Lifeboat does not fail over automatically: {}",
+                    primary.name,
+                    primary.health,
+                    reasons.join("; ")
+                ),
+            });
+        }
+        return out;
+    }
+    if !primary.health.is_up() {
+        return out;
+    }
+    for n in v
+        .nodes
+        .iter()
+        .filter(|n| n.name != primary.name && n.region_role != RegionRole::Cold)
+    {
+        if let Err(why) = eligibility(v, p, primary, n, false) {
+            out.push(Condition {
+                name: format!("standby-ineligible/{}", n.name),
+                severity: Severity::Warning,
+                sentence: format!(
+                    "if {} were lost now, {} could not take over automatically: {why}",
+                    primary.name, n.name
+                ),
+            });
+        }
+    }
+    if let (Some(e), Some(rpo)) = (exposure_s, rpo_s) {
+        if e > rpo {
+            out.push(Condition {
+                name: "rpo-exposure".into(),
+                severity: Severity::Warning,
+                sentence: format!(
+                    "a failover now could lose {e:.1} s of writes, more than the tier's RPO of {rpo:.1} s: the best standby is that far behind"
+                ),
+            });
+        }
+    }
+    out
 }

@@ -9,12 +9,13 @@ pub mod decide;
 pub mod drill;
 pub mod health;
 pub mod model;
+pub mod notice;
 pub mod plan;
 pub mod time;
 pub mod transition;
 pub mod view;
 
-pub use decide::{decide, plan_command, Command};
+pub use decide::{decide, plan_command, risks, Command};
 pub use health::{Health, Thresholds, Tracker};
 pub use plan::{Decision, FenceMode, Plan, PlanKind, Step};
 pub use time::Millis;

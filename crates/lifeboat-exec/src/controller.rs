@@ -8,9 +8,10 @@ use crate::router::{Route, Router};
 use crate::service::Service;
 use crate::status::{EndpointStatus, NodeStatus, Status};
 use lifeboat_config::{Config, ServiceKind};
+use lifeboat_core::notice::{Notice, NoticeKind, RiskChange, Risks, StatusState};
 use lifeboat_core::{
-    decide, plan_command, ClusterView, Command, ControllerState, Decision, Facts, Millis, NodeView,
-    Policy, Thresholds, Tracker,
+    decide, plan_command, risks, ClusterView, Command, ControllerState, Decision, Facts, Millis,
+    NodeView, Policy, Thresholds, Tracker,
 };
 use lifeboat_store::{Outcome, Store};
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::info;
+use tracing::{info, warn};
 
 /// Everything that can make the controller act.
 #[derive(Debug)]
@@ -127,6 +128,12 @@ pub struct Controller {
     last_incident: Option<i64>,
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
+    /// Conditions seen, and which of them lasted long enough to be raised.
+    risks: Risks,
+    /// Since when the service has been healthy (its primary up and routed to), for
+    /// resolving its incidents.
+    healthy_since: Option<Millis>,
+    next_resolve_check: Millis,
 }
 
 impl Controller {
@@ -200,6 +207,9 @@ impl Controller {
             router,
             state,
             metrics,
+            risks: Risks::default(),
+            healthy_since: None,
+            next_resolve_check: Millis(0),
         })
     }
 
@@ -455,6 +465,16 @@ impl Controller {
         }
         let view = self.view();
         let d = decide(&view, &self.policy, at);
+        let conditions = {
+            let st = self.status.borrow();
+            risks(
+                &view,
+                &self.policy,
+                &d,
+                st.rpo_exposure_seconds,
+                st.rpo_target_seconds,
+            )
+        };
         let text = d.to_string();
         if text != self.last_decision {
             let _ = self.store.decision(at, &d);
@@ -468,6 +488,94 @@ impl Controller {
                 let view = self.view();
                 let reasons = decide(&view, &self.policy, now()).reasons().to_vec();
                 self.publish(&reasons);
+            }
+        }
+        self.watch(conditions, now());
+    }
+
+    /// Raises the conditions that lasted and clears those gone (each a notice and an event),
+    /// and resolves this service's incidents once it has been healthy for `resolve-after`.
+    fn watch(&mut self, conditions: Vec<lifeboat_core::notice::Condition>, at: Millis) {
+        let inc = &self.cfg.incidents;
+        let service = self.service.name.clone();
+        for change in self
+            .risks
+            .observe(at, inc.risk_after.get().as_millis() as u64, conditions)
+        {
+            let (kind, c, title) = match change {
+                RiskChange::Raised(c, since) => {
+                    let t = format!("at risk since {since}: {}", c.sentence);
+                    (NoticeKind::RiskRaised, c, t)
+                }
+                RiskChange::Cleared(c, _) => {
+                    let t = format!("no longer at risk: {}", c.sentence);
+                    (NoticeKind::RiskCleared, c, t)
+                }
+            };
+            warn!(risk = %c.name, "{title}");
+            let _ = self.store.event(at, "risk", &title);
+            let n = Notice::new(
+                kind,
+                &service,
+                c.severity,
+                format!("risk/{service}/{}", c.name),
+            )
+            .at(at)
+            .title(title)
+            .text(c.sentence.clone())
+            .detail("risk", &c.name);
+            if let Err(e) = self.store.notice(&n, None) {
+                warn!(error = %e, "could not record a risk's notice");
+            }
+        }
+        let healthy = {
+            let st = self.status.borrow();
+            st.primary.is_some()
+                && st.in_flight.is_none()
+                && st.endpoint.routes_to == st.primary
+                && st
+                    .nodes
+                    .iter()
+                    .any(|n| Some(&n.name) == st.primary.as_ref() && n.health == "up")
+        };
+        if !healthy {
+            self.healthy_since = None;
+            return;
+        }
+        let since = *self.healthy_since.get_or_insert(at);
+        let after = inc.resolve_after.get().as_millis() as u64;
+        if at.since(since) < after || at < self.next_resolve_check {
+            return;
+        }
+        self.next_resolve_check = at.plus_ms(1000);
+        let Ok(open) = self.store.unresolved_incidents() else {
+            return;
+        };
+        for id in open {
+            let kind = self
+                .store
+                .incident(id)
+                .ok()
+                .flatten()
+                .map_or_else(String::new, |i| i.kind);
+            let text = format!(
+                "{service} has been healthy for {}: its primary {} is up and takes writes through the endpoint",
+                lifeboat_core::time::format_ms(at.since(since)),
+                self.state.primary.as_deref().unwrap_or("?")
+            );
+            let r = crate::notify::set_state(
+                &self.store,
+                id,
+                &kind,
+                StatusState::Resolved,
+                "resolved",
+                &text,
+                "lifeboat",
+                at,
+            );
+            match r {
+                Ok(()) => info!(incident = id, "incident resolved: {text}"),
+                Err(e) => warn!(error = %e, "could not resolve incident {id}"),
             }
         }
     }

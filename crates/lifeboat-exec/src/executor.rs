@@ -2,8 +2,10 @@
 //! recorded step by step in the incident's timeline. A step that cannot tell what happened
 //! ends as `unknown`; the plan is then kept in flight and resumed, never guessed.
 
+use crate::notify::incident_severity;
 use crate::providers::{Answer, Datastore, TrafficSwitch};
 use crate::service::{Node, Service};
+use lifeboat_core::notice::{incident_key, Notice, NoticeKind, StatusState};
 use lifeboat_core::plan::FenceMode;
 use lifeboat_core::{
     after_plan, after_step, before_step, ControllerState, Millis, Plan, PlanKind, Step, StepOutcome,
@@ -207,7 +209,10 @@ impl Executor {
             Some(id) => Some(id),
             None if plan.kind.opens_incident() => {
                 match self.store.open_incident(ctx.decided_at, plan, &figures) {
-                    Ok(id) => Some(id),
+                    Ok(id) => {
+                        self.opened(id, plan, &figures, ctx.decided_at);
+                        Some(id)
+                    }
                     Err(e) => {
                         warn!(error = %e, "could not record the incident");
                         None
@@ -273,10 +278,28 @@ impl Executor {
             if let Some(row) = row {
                 let _ = self.store.step_finished(row, ended, outcome, &detail);
             }
+            if let Some(i) = incident {
+                self.step_notice(i, plan, step, outcome, &detail, ended);
+            }
             match result {
                 Answer::Ok(_) => {
                     match step {
-                        Step::Promote { .. } => figures.promote_ms = Some(ended.since(fault)),
+                        Step::Promote { node, .. } => {
+                            figures.promote_ms = Some(ended.since(fault));
+                            if let Some(i) = incident {
+                                let text = format!(
+                                    "{node} is the primary (epoch {}); traffic moves to it next",
+                                    plan.epoch
+                                );
+                                self.state_notice(
+                                    i,
+                                    plan,
+                                    StatusState::Identified,
+                                    &format!("{node} promoted"),
+                                    &text,
+                                );
+                            }
+                        }
                         Step::CheckWrite { .. } => {
                             figures.first_write_ms = Some(ended.since(fault))
                         }
@@ -331,6 +354,31 @@ impl Executor {
         }
         self.persist(state);
         if let Some(i) = incident {
+            let (state, title, text) = match (&problem, keep_in_flight) {
+                (None, _) => (
+                    StatusState::Monitoring,
+                    "recovered; monitoring",
+                    match (&plan.target, figures.first_write_ms) {
+                        (Some(t), Some(ms)) => format!(
+                            "{t} takes writes through the endpoint; recovery took {} from the fault",
+                            lifeboat_core::time::format_ms(ms)
+                        ),
+                        (Some(t), None) => format!("the plan is done; {t} is the primary"),
+                        _ => "the plan is done".into(),
+                    },
+                ),
+                (Some(p), true) => (
+                    StatusState::Investigating,
+                    "plan stalled",
+                    format!("the plan stalled after its point of no return ({p}); it stays in flight and Lifeboat carries it forward"),
+                ),
+                (Some(p), false) => (
+                    StatusState::Investigating,
+                    "plan failed",
+                    format!("the plan failed and was rolled back ({p}); Lifeboat decides again on the next observations"),
+                ),
+            };
+            self.state_notice(i, plan, state, title, &text);
             let status = if keep_in_flight {
                 Outcome::Running
             } else {
@@ -351,6 +399,94 @@ impl Executor {
             figures,
             problem,
             touched: Vec::new(),
+        }
+    }
+
+    /// The incident is opened: people hear it, and it starts as investigating.
+    fn opened(&self, id: i64, plan: &Plan, figures: &Figures, at: Millis) {
+        let target = plan.target.as_deref().unwrap_or("?");
+        let old = plan.old_primary.as_deref().unwrap_or("?");
+        let title = match plan.kind {
+            PlanKind::Failover => format!("primary {old} lost: failing over to {target}"),
+            PlanKind::ManualFailover => format!("manual failover from {old} to {target}"),
+            PlanKind::Switchover => format!("switchover from {old} to {target}"),
+            PlanKind::FenceReturned => {
+                format!("{target} takes writes and is not the primary: fencing it")
+            }
+            k => format!("{} of {target}", k.as_str()),
+        };
+        let mut n = Notice::new(
+            NoticeKind::IncidentOpened,
+            self.store.service_name(),
+            incident_severity(plan.kind.as_str()),
+            incident_key(id),
+        )
+        .at(at)
+        .title(format!("incident {id}: {title}"))
+        .text(plan.to_string().trim_end().to_owned())
+        .incident(id, Some(StatusState::Investigating))
+        .detail("plan", plan.kind.as_str())
+        .detail("epoch", plan.epoch);
+        if let Some(d) = figures.detect_ms {
+            n = n.detail("detect_ms", d);
+        }
+        if let Some(b) = figures.lag_bytes_at_fault {
+            n = n.detail("lag_bytes_at_fault", b);
+        }
+        let r = self
+            .store
+            .incident_update(id, at, StatusState::Investigating, &title, "lifeboat")
+            .and_then(|_| self.store.notice(&n, None));
+        if let Err(e) = r {
+            warn!(error = %e, "could not record the incident's notice");
+        }
+    }
+
+    fn step_notice(
+        &self,
+        id: i64,
+        plan: &Plan,
+        step: &Step,
+        outcome: Outcome,
+        detail: &str,
+        at: Millis,
+    ) {
+        let n = Notice::new(
+            NoticeKind::IncidentStep,
+            self.store.service_name(),
+            incident_severity(plan.kind.as_str()),
+            incident_key(id),
+        )
+        .at(at)
+        .title(format!(
+            "incident {id}: {} {} {}",
+            step.name(),
+            step.node(),
+            outcome.as_str()
+        ))
+        .text(detail)
+        .incident(id, None)
+        .detail("step", step.name())
+        .detail("node", step.node())
+        .detail("outcome", outcome.as_str());
+        if let Err(e) = self.store.notice(&n, None) {
+            warn!(error = %e, "could not record a step's notice");
+        }
+    }
+
+    fn state_notice(&self, id: i64, plan: &Plan, state: StatusState, title: &str, text: &str) {
+        let r = crate::notify::set_state(
+            &self.store,
+            id,
+            plan.kind.as_str(),
+            state,
+            title,
+            text,
+            "lifeboat",
+            now(),
+        );
+        if let Err(e) = r {
+            warn!(error = %e, "could not record the incident's state");
         }
     }
 

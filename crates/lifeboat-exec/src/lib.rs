@@ -10,6 +10,7 @@ pub mod controller;
 pub mod drill;
 pub mod executor;
 pub mod metrics;
+pub mod notify;
 pub mod providers;
 pub mod router;
 pub mod service;

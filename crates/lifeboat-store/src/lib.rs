@@ -8,8 +8,11 @@
 //! `.await`.
 
 mod drills;
+mod outbox;
 pub use drills::{DrillRun, FaultRow};
+pub use outbox::{Cursor, Delivery, Stored, Update};
 
+use lifeboat_core::notice::StatusState;
 use lifeboat_core::{ControllerState, Decision, Millis, Plan};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -120,6 +123,16 @@ pub struct Incident {
     pub plan: String,
     pub figures: Figures,
     pub timeline: Vec<TimelineEntry>,
+    /// Its public state: the newest update's, else investigating while its plan runs and
+    /// resolved after (incidents from before status states).
+    #[serde(default = "investigating")]
+    pub state: StatusState,
+    #[serde(default)]
+    pub updates: Vec<Update>,
+}
+
+fn investigating() -> StatusState {
+    StatusState::Investigating
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,7 +150,11 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
     service: String,
+    /// Called after a notice is stored (the dispatcher's wake-up).
+    waker: Arc<Mutex<Option<Waker>>>,
 }
+
+type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// `state` holds the state of the single service of versions before `[services.NAME]`; the
 /// first PostgreSQL service to load its state claims it ([`Store::state`]).
@@ -197,6 +214,7 @@ impl Store {
         }
         conn.execute_batch(SCHEMA).map_err(opened)?;
         conn.execute_batch(drills::SCHEMA).map_err(opened)?;
+        conn.execute_batch(outbox::SCHEMA).map_err(opened)?;
         for table in ["events", "incidents"] {
             let has: bool = conn
                 .query_row(
@@ -219,7 +237,20 @@ impl Store {
             conn: Arc::new(Mutex::new(conn)),
             path,
             service: String::new(),
+            waker: Arc::default(),
         })
+    }
+
+    /// `f` is called after every notice is stored, from the thread that stored it.
+    pub fn on_notice(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(f));
+    }
+
+    fn wake(&self) {
+        let w = self.waker.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(w) = w {
+            w()
+        }
     }
 
     /// The same database, scoped to `service`.
@@ -289,6 +320,33 @@ impl Store {
                 params![at.0 as i64, kind, message, self.service],
             )?;
             Ok(())
+        })
+    }
+
+    /// This service's events from `from` to `to` (inclusive), oldest first, at most `limit`.
+    pub fn events_between(
+        &self,
+        from: Millis,
+        to: Millis,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT id, at_ms, kind, message, service FROM events WHERE service = ?1 AND at_ms BETWEEN ?2 AND ?3 ORDER BY id LIMIT ?4",
+            )?;
+            let rows = st.query_map(
+                params![self.service, from.0 as i64, to.0 as i64, limit],
+                |r| {
+                    Ok(Event {
+                        id: r.get(0)?,
+                        at_ms: r.get::<_, i64>(1)? as u64,
+                        kind: r.get(2)?,
+                        message: r.get(3)?,
+                        service: r.get(4)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
@@ -471,11 +529,18 @@ impl Store {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            let updates = Store::updates_of(c, id)?;
+            let status = Outcome::parse(&status);
+            let state = match updates.last() {
+                Some(u) => u.state,
+                None if status == Outcome::Running => StatusState::Investigating,
+                None => StatusState::Resolved,
+            };
             Ok(Some(Incident {
                 id,
                 service,
                 kind,
-                status: Outcome::parse(&status),
+                status,
                 opened_ms: opened as u64,
                 closed_ms: closed.map(|v| v as u64),
                 old_primary,
@@ -484,6 +549,8 @@ impl Store {
                 plan,
                 figures: serde_json::from_str(&figures)?,
                 timeline,
+                state,
+                updates,
             }))
         })
     }

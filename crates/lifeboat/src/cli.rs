@@ -1,7 +1,7 @@
 //! Command-line shape and dispatch. Exit codes: 0 success, 1 failure or refusal, 2 bad
 //! input (config or arguments).
 
-use crate::{client, daemon, demo, drill};
+use crate::{client, daemon, demo, drill, notify};
 use clap::{Parser, Subcommand};
 use lifeboat_config::{ConfigError, Loaded};
 use std::path::{Path, PathBuf};
@@ -93,6 +93,11 @@ pub enum Cmd {
         #[command(subcommand)]
         command: IncidentCmd,
     },
+    /// Notifiers: who hears about incidents, risks, stale backups and failed drills.
+    Notify {
+        #[command(subcommand)]
+        command: NotifyCmd,
+    },
     /// Drills: break a service on purpose, measure its recovery, put everything back.
     Drill {
         #[command(subcommand)]
@@ -126,6 +131,41 @@ pub enum IncidentCmd {
     /// One incident with its timeline and figures.
     Show {
         id: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set an incident's status (investigating, identified, monitoring, resolved) with a
+    /// message for the status page and the notifiers.
+    Update {
+        id: i64,
+        #[arg(long)]
+        state: String,
+        #[arg(long)]
+        message: String,
+        /// Who says so (default: $USER).
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A post-mortem draft in Markdown, from the incident's recorded steps and decisions.
+    Postmortem {
+        id: i64,
+        /// Write it to FILE instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NotifyCmd {
+    /// Each notifier: what it has not delivered yet, its last error, recent deliveries.
+    List(#[command(flatten)] ApiArgs),
+    /// Send a test message through notifier NAME and say how it ended.
+    Test {
+        name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -234,6 +274,34 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Incident {
             command: IncidentCmd::Show { id, api },
         } => client::incident(&client::Api::new(&cli.config, &api), id).await,
+        Cmd::Incident {
+            command:
+                IncidentCmd::Update {
+                    id,
+                    state,
+                    message,
+                    by,
+                    api,
+                },
+        } => {
+            notify::update(
+                &client::Api::new(&cli.config, &api),
+                id,
+                &state,
+                &message,
+                by,
+            )
+            .await
+        }
+        Cmd::Incident {
+            command: IncidentCmd::Postmortem { id, out, api },
+        } => notify::postmortem(&client::Api::new(&cli.config, &api), id, out.as_deref()).await,
+        Cmd::Notify {
+            command: NotifyCmd::List(api),
+        } => notify::list(&client::Api::new(&cli.config, &api)).await,
+        Cmd::Notify {
+            command: NotifyCmd::Test { name, api },
+        } => notify::test(&client::Api::new(&cli.config, &api), &name).await,
         Cmd::Backup(a) => match offline_config(&cli.config) {
             Ok(c) => lifeboat_backup::cli::backup(a, c.as_ref().map(|l| &l.config)).await,
             Err(code) => code,

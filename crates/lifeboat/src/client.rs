@@ -240,8 +240,8 @@ pub async fn incidents(api: &Api, limit: u32) -> ExitCode {
         Err(e) => return fail(format!("unexpected answer: {e}")),
     };
     println!(
-        "{:<5} {:<16} {:<10} {:<24} {:<10} {:<10}",
-        "ID", "KIND", "STATUS", "OLD -> NEW", "DETECT", "RTO"
+        "{:<5} {:<10} {:<16} {:<10} {:<14} {:<24} {:<10} {:<10}",
+        "ID", "SERVICE", "KIND", "PLAN", "STATE", "OLD -> NEW", "DETECT", "RTO"
     );
     for i in &list {
         let ms = |v: Option<u64>| {
@@ -249,10 +249,12 @@ pub async fn incidents(api: &Api, limit: u32) -> ExitCode {
                 .unwrap_or_else(|| "-".into())
         };
         println!(
-            "{:<5} {:<16} {:<10} {:<24} {:<10} {:<10}",
+            "{:<5} {:<10} {:<16} {:<10} {:<14} {:<24} {:<10} {:<10}",
             i.id,
+            i.service,
             i.kind,
             i.status.as_str(),
+            i.state.as_str(),
             format!(
                 "{} -> {}",
                 i.old_primary.as_deref().unwrap_or("-"),
@@ -294,6 +296,16 @@ pub fn render_incident(i: &Incident) -> String {
         i.epoch,
         i.status.as_str()
     );
+    o.push_str(&format!("status: {}\n", i.state));
+    for u in &i.updates {
+        o.push_str(&format!(
+            "  {}  {:<13} {} ({})\n",
+            lifeboat_core::Millis(u.at_ms),
+            u.state.as_str(),
+            u.message,
+            u.actor
+        ));
+    }
     let origin = i.figures.fault_at_ms.unwrap_or(i.opened_ms);
     o.push_str("timeline (ms after the fault, or after the decision when there was none):\n");
     for t in &i.timeline {

@@ -348,3 +348,89 @@ fn a_maintenance_window_is_open_from_each_opening_for_its_duration() {
     assert_eq!(m.open_at(ms("2026-12-04T21:59:59Z")), None);
     assert!(m.covers("anything"));
 }
+
+#[test]
+fn a_broken_notify_section_reports_every_error() {
+    let report = report_of(
+        r#"[tiers.gold]
+rto = "30s"
+rpo = "1s"
+
+[services.orders]
+kind = "postgres"
+tier = "gold"
+endpoint = { listen = "127.0.0.1:6432" }
+
+[services.orders.regions.a]
+role = "primary"
+nodes = [{ name = "a1", host = "127.0.0.1", port = 5432 }]
+
+[notify.chat]
+kind = "slack"
+url-file = "/run/slack-url"
+url-env = "SLACK_URL"
+services = ["billing"]
+
+[notify.pager]
+kind = "pagerduty"
+min-severity = "critical"
+
+[notify.hook]
+kind = "webhook"
+url = "ftp://example"
+secret-env = "HOOK_SECRET"
+max-per-minute = 0
+
+[notify.mail]
+kind = "email"
+server = "127.0.0.1"
+from = "lifeboat"
+to = []
+password-env = "SMTP_PASSWORD"
+
+"#,
+    );
+    expect![[r#"
+        error: notify.chat.url-env (line 17): set url-file or url-env, not both
+        error: notify.chat.services[0] (line 18): no service "billing" (services: orders)
+        error: notify.hook.url (line 26): must be an http:// or https:// URL
+        error: notify.hook.max-per-minute (line 28): must be at least 1 (0 would never send)
+        error: notify.mail.to (line 34): name at least one recipient
+        error: notify.mail.from (line 33): "lifeboat" is not an email address
+        error: notify.mail.username (line 30): a password is set without a username
+        error: notify.pager.routing-key-file (line 20): the PagerDuty routing key is a secret: set routing-key-file (a file only Lifeboat reads) or routing-key-env (an environment variable)
+        error: services.orders.regions (line 10): no standby node: add a region with role = "standby" to fail over to
+        warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
+        warning: services.orders.failover.replication (line 5): async replication can lose the last acknowledged writes in an automatic failover
+    "#]]
+    .assert_eq(&report);
+}
+
+#[test]
+fn an_unknown_notifier_kind_or_key_is_named() {
+    let report = report_of(
+        r#"[notify.x]
+kind = "sms"
+"#,
+    );
+    expect![[r#"
+        error: notify.x.kind (line 2): unknown variant `sms`, expected one of `slack`, `pagerduty`, `webhook`, `email`
+    "#]]
+    .assert_eq(&report);
+}
+
+#[test]
+fn a_notifier_key_of_another_kind_is_refused() {
+    let report = report_of(
+        r#"[notify.typo]
+kind = "webhook"
+url = "http://127.0.0.1:9/"
+secret-env = "X"
+routing-key-env = "PD"
+"#,
+    );
+    expect![[r#"
+        error: notify.typo.routing-key-env (line 1): unknown field `routing-key-env`, expected one of `url`, `secret-file`, `secret-env`, `min-severity`, `services`, `max-per-minute`, `timeout`, `give-up-after`
+    "#]]
+    .assert_eq(&report);
+}

@@ -613,6 +613,7 @@ impl Drills {
             };
             let report = run.drive(prepared).await;
             me.inner.metrics.record(&report);
+            tell(&me.inner.store, &report);
             me.refresh_outstanding();
             info!(drill = %report.drill, run = report.id, status = %report.status, "drill ended");
         });
@@ -869,6 +870,7 @@ impl Drills {
                             &json(&report),
                         );
                         self.inner.metrics.record(&report);
+                        tell(&self.inner.store, &report);
                     }
                 }
             }
@@ -1823,5 +1825,51 @@ impl Run {
             format!("{what}: {said}"),
         );
         reply.ok
+    }
+}
+
+/// A drill that failed (or a scheduled run that could not start) is a notice, and so is one
+/// that passed: it resolves an earlier failure under the same key.
+fn tell(store: &Store, r: &Report) {
+    use lifeboat_core::notice::{Notice, NoticeKind, Severity};
+    let kind = match r.status.as_str() {
+        "passed" => NoticeKind::DrillPassed,
+        "failed" | "skipped" => NoticeKind::DrillFailed,
+        _ => return,
+    };
+    let why = match &r.verdict {
+        Some(v) => v
+            .checks
+            .iter()
+            .filter(|c| !c.pass)
+            .map(|c| c.text.clone())
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => r
+            .timeline
+            .last()
+            .map(|t| t.what.clone())
+            .unwrap_or_default(),
+    };
+    let title = match kind {
+        NoticeKind::DrillPassed => format!("drill {} passed (run {})", r.drill, r.id),
+        _ => format!("drill {} {} (run {}): {why}", r.drill, r.status, r.id),
+    };
+    let mut n = Notice::new(
+        kind,
+        &r.service,
+        Severity::Warning,
+        format!("drill/{}", r.drill),
+    )
+    .at(Millis(r.ended_ms.unwrap_or(r.started_ms)))
+    .title(title)
+    .text(format!("`lifeboat drill report {}` shows the run.", r.id))
+    .detail("run", r.id)
+    .detail("drill", &r.drill);
+    if let Some(rto) = r.record.measured.as_ref().and_then(|m| m.rto_ms) {
+        n = n.detail("rto_ms", rto);
+    }
+    if let Err(e) = store.notice(&n, None) {
+        warn!(error = %e, "could not record the drill's notice");
     }
 }

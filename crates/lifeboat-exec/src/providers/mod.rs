@@ -10,12 +10,17 @@
 //!
 //! A new datastore is one file here implementing [`Datastore`] and one arm in
 //! [`datastore`]; a new traffic switch (DNS, HAProxy) one file implementing
-//! [`TrafficSwitch`].
+//! [`TrafficSwitch`]; a new notification channel one file implementing [`Notifier`] and one
+//! arm in [`notifier`].
 
+pub mod email;
 pub mod endpoint;
 pub mod fault;
+pub mod pagerduty;
 pub mod postgres;
 pub mod redis;
+pub mod slack;
+pub mod webhook;
 
 use crate::service::Node;
 use async_trait::async_trait;
@@ -163,5 +168,102 @@ where
             return last;
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// A channel people hear from. Sends are bounded by the budget they get and answer
+/// [`Answer`]: `Ok` delivered; `Failed` refused by the receiver (a 4xx: sending it again
+/// would not help, so it is recorded and not retried); `Unknown` or `Unreached` (a 5xx, a
+/// timeout, no connection): tried again later.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    /// Whether this kind of channel is told about `n` at all (a pager only hears what opens,
+    /// acknowledges or resolves an alert).
+    fn wants(&self, n: &lifeboat_core::notice::Notice) -> bool;
+    /// How many notices one message may carry when a storm is throttled (1: one each).
+    fn batch(&self) -> usize {
+        1
+    }
+    /// Sends one notice, or a throttled storm's digest of several, in order.
+    async fn send(&self, notices: &[lifeboat_store::Stored], budget: Duration) -> Answer;
+}
+
+/// The notifier a `[notify.NAME]` section names, with its secret read now (so a missing one
+/// stops the daemon before it starts).
+pub fn notifier(
+    name: &str,
+    cfg: &lifeboat_config::NotifyConfig,
+) -> Result<Arc<dyn Notifier>, String> {
+    use lifeboat_config::NotifyConfig as N;
+    Ok(match cfg {
+        N::Slack(c) => Arc::new(slack::Slack::new(name, c)?),
+        N::PagerDuty(c) => Arc::new(pagerduty::PagerDuty::new(name, c)?),
+        N::Webhook(c) => Arc::new(webhook::Webhook::new(name, c)?),
+        N::Email(c) => Arc::new(email::Email::new(name, c)?),
+    })
+}
+
+/// The secret a notifier's config points at, or why it cannot be read.
+fn notify_secret(
+    name: &str,
+    what: &str,
+    file: Option<&std::path::Path>,
+    env: Option<&str>,
+) -> Result<String, String> {
+    match lifeboat_config::read_secret(file, env) {
+        Ok(Some(s)) if !s.is_empty() => Ok(s),
+        Ok(_) => Err(format!("notify.{name}: {what} is empty")),
+        Err(e) => Err(format!("notify.{name}: {what}: {e}")),
+    }
+}
+
+/// One HTTP client for the notifiers: rustls, no proxy from the environment, no redirects
+/// (a redirect to another host would carry the body there).
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("lifeboat/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("building the HTTP client: {e}"))
+}
+
+/// POSTs a JSON body. 2xx: `Ok`; 429 and 5xx: `Unknown` (try again); any other 4xx:
+/// `Failed` with the receiver's words; no connection: `Unreached`; a timeout after sending:
+/// `Unknown`. Errors never carry the URL (a Slack URL is a secret).
+async fn post_json(
+    request: reqwest::RequestBuilder,
+    body: &serde_json::Value,
+    budget: Duration,
+) -> Answer {
+    let body = body.to_string();
+    let sent = request
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .timeout(budget)
+        .send()
+        .await;
+    let r = match sent {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            return Answer::Unreached(format!("cannot connect: {}", e.without_url()))
+        }
+        Err(e) if e.is_timeout() => return Answer::Unknown(format!("no answer within {budget:?}")),
+        Err(e) => return Answer::Unknown(e.without_url().to_string()),
+    };
+    let status = r.status();
+    let text = tokio::time::timeout(budget, r.text())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let text: String = text.chars().take(300).collect();
+    let said = format!("HTTP {}: {}", status.as_u16(), text.trim());
+    if status.is_success() {
+        Answer::Ok(said)
+    } else if status.as_u16() == 429 || status.is_server_error() {
+        Answer::Unknown(said)
+    } else {
+        Answer::Failed(said)
     }
 }
