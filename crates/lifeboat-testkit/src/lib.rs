@@ -3,6 +3,7 @@
 //! gracefully, and reproducible directory trees. Used by integration tests, the demo and
 //! benchmarks only; nothing here is a fake.
 
+pub mod notify;
 pub mod redis;
 pub mod tree;
 

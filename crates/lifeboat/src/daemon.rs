@@ -120,6 +120,8 @@ pub async fn start(cfg: Config) -> Result<Running> {
     }
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    // Every notifier with its secret, before anything is bound or runs.
+    let notifiers = Notifiers::new(&cfg, &store, &mut registry).map_err(anyhow::Error::msg)?;
     // Every service's nodes, endpoint and controller, before anything runs.
     let mut services = Vec::new();
     for (name, sc) in &cfg.services {
@@ -156,8 +158,6 @@ pub async fn start(cfg: Config) -> Result<Running> {
     if let Some(s) = &scheduler {
         s.register_metrics(&mut registry);
     }
-    // Every notifier with its secret, before anything runs.
-    let notifiers = Notifiers::new(&cfg, &store, &mut registry).map_err(anyhow::Error::msg)?;
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
