@@ -5,6 +5,7 @@ mod client;
 mod daemon;
 mod demo;
 mod drill;
+mod monitoring;
 
 use clap::Parser;
 use std::process::ExitCode;
