@@ -320,7 +320,7 @@ impl Scheduler {
         );
         r.register(
             "lifeboat_backup_restore_test_last_timestamp_seconds",
-            "Unix time of the last restore test",
+            "Unix time the last restore test ended (0: none has run since the start)",
             m.restore_test_last.clone(),
         );
     }
@@ -655,8 +655,11 @@ impl Scheduler {
                 _ = tokio::time::sleep(t.every.get()) => {}
             }
             let m = &self.metrics;
+            let result = self.restore_test().await;
+            // Set when the result is: a timestamp above 0 says the success gauge holds a
+            // result (before the first test it is 0, which is not a failure).
             m.restore_test_last.set(unix_now());
-            match self.restore_test().await {
+            match result {
                 Ok(r) => {
                     m.restore_test_duration.set(r.total_s);
                     m.restore_test_ok.set(i64::from(r.ok));

@@ -169,6 +169,9 @@ impl Controller {
         let state = store.state(service.kind == ServiceKind::Postgres && postgres == 1)?;
         let last_incident = store.last_incident()?;
         let start = now();
+        if let Some(tier) = cfg.tier(sc) {
+            metrics.targets(&service.name, tier.rpo.get(), tier.rto.get());
+        }
         Ok(Controller {
             policy: Policy {
                 mode: f.mode,

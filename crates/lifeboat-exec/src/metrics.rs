@@ -9,6 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 type Labels = Vec<(&'static str, String)>;
 type FGauge = Gauge<f64, AtomicU64>;
@@ -28,6 +29,8 @@ pub struct Metrics {
     exposure_bytes: Family<Labels, Gauge>,
     exposure_seconds: Family<Labels, FGauge>,
     connections: Family<Labels, Gauge>,
+    rpo_target: Family<Labels, FGauge>,
+    rto_target: Family<Labels, FGauge>,
 }
 
 fn failover_histogram() -> Histogram {
@@ -53,6 +56,8 @@ impl Metrics {
             exposure_bytes: Family::default(),
             exposure_seconds: Family::default(),
             connections: Family::default(),
+            rpo_target: Family::default(),
+            rto_target: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("lifeboat");
         r.register(
@@ -115,7 +120,25 @@ impl Metrics {
             "Client connections open through the endpoint",
             m.connections.clone(),
         );
+        r.register(
+            "service_rpo_target_seconds",
+            "The RPO target of the service's tier: the most data a failover may lose",
+            m.rpo_target.clone(),
+        );
+        r.register(
+            "service_rto_target_seconds",
+            "The RTO target of the service's tier: the longest a failover may take",
+            m.rto_target.clone(),
+        );
         m
+    }
+
+    /// The targets of a service's tier, set once when its controller is built (the alert
+    /// rules compare the exposure with them).
+    pub fn targets(&self, svc: &str, rpo: Duration, rto: Duration) {
+        let l = service(svc);
+        self.rpo_target.get_or_create(&l).set(rpo.as_secs_f64());
+        self.rto_target.get_or_create(&l).set(rto.as_secs_f64());
     }
 
     pub fn plan_finished(&self, svc: &str, kind: &str, outcome: &str, f: &Figures) {

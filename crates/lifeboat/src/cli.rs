@@ -1,7 +1,7 @@
 //! Command-line shape and dispatch. Exit codes: 0 success, 1 failure or refusal, 2 bad
 //! input (config or arguments).
 
-use crate::{client, daemon, demo, drill, notify};
+use crate::{client, daemon, demo, drill, monitoring, notify};
 use clap::{Parser, Subcommand};
 use lifeboat_config::{ConfigError, Loaded};
 use std::path::{Path, PathBuf};
@@ -102,6 +102,12 @@ pub enum Cmd {
     Drill {
         #[command(subcommand)]
         command: DrillCmd,
+    },
+    /// Alert rules for Prometheus and a dashboard for Grafana, from the metrics Lifeboat
+    /// exports (no daemon or config needed).
+    Monitoring {
+        #[command(subcommand)]
+        command: MonitoringCmd,
     },
     /// Two PostgreSQL regions on loopback, a canary writer, a killed primary: watch Lifeboat recover.
     Demo,
@@ -208,6 +214,26 @@ pub enum DrillCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum MonitoringCmd {
+    /// The Prometheus alert rules (as in deploy/prometheus/lifeboat-rules.yml).
+    Rules {
+        /// The job label Prometheus scrapes Lifeboat's /metrics under (the alert that no
+        /// controller runs looks for it).
+        #[arg(long, default_value = "lifeboat")]
+        job: String,
+        /// Write to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// The Grafana dashboard (as in deploy/grafana/lifeboat-dashboard.json).
+    Dashboard {
+        /// Write to FILE instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
 pub async fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Cmd::Config {
@@ -239,6 +265,14 @@ pub async fn dispatch(cli: Cli) -> ExitCode {
             }
             DrillCmd::History { name, limit, api } => {
                 drill::history(&client::Api::new(&cli.config, &api), &name, limit).await
+            }
+        },
+        Cmd::Monitoring { command } => match command {
+            MonitoringCmd::Rules { job, out } => {
+                monitoring::emit(&monitoring::rules(&job), out.as_deref())
+            }
+            MonitoringCmd::Dashboard { out } => {
+                monitoring::emit(&monitoring::dashboard(), out.as_deref())
             }
         },
         Cmd::Demo => demo::main().await,

@@ -5,6 +5,7 @@ mod client;
 mod daemon;
 mod demo;
 mod drill;
+mod monitoring;
 mod notify;
 
 use clap::Parser;

@@ -6,6 +6,7 @@ mod bad_input;
 mod drills;
 mod failover;
 mod groups;
+mod monitoring;
 mod operations;
 mod quiet;
 mod redis_service;
