@@ -100,19 +100,18 @@ pub(crate) async fn update(
         .map(|b| b.trim().chars().take(64).collect::<String>())
         .filter(|b| !b.is_empty())
         .unwrap_or(actor.clone());
+    let first: String = message
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(120)
+        .collect();
+    let title = format!("{first} (by {who})");
     let svc = store(&s).service(&inc.service);
     let at = Millis(now_ms());
     let _ = svc.audit(at, &actor, &format!("incident {id} {state}"), message);
-    if let Err(e) = set_state(
-        &svc,
-        id,
-        &inc.kind,
-        state,
-        &format!("{state} ({who})"),
-        message,
-        &who,
-        at,
-    ) {
+    if let Err(e) = set_state(&svc, id, &inc.kind, state, &title, message, &who, at) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
     match store(&s).incident(id) {

@@ -66,7 +66,20 @@ pub(crate) fn message(notices: &[Stored]) -> serde_json::Value {
     } else {
         let lines: Vec<String> = notices
             .iter()
-            .map(|s| format!("• {}", slack_escape(&headline(&s.notice))))
+            .map(|s| {
+                let n = &s.notice;
+                let first = n.text.lines().next().unwrap_or("");
+                let first: String = first.chars().take(200).collect();
+                if first.is_empty() || n.title.contains(&first) {
+                    format!("• {}", slack_escape(&headline(n)))
+                } else {
+                    format!(
+                        "• {} — {}",
+                        slack_escape(&headline(n)),
+                        slack_escape(&first)
+                    )
+                }
+            })
             .collect();
         let text = format!(
             "Lifeboat: {} notices (sent together: a storm)",

@@ -7,6 +7,7 @@ mod drills;
 mod failover;
 mod groups;
 mod monitoring;
+mod notify;
 mod operations;
 mod quiet;
 mod redis_service;
