@@ -4,6 +4,7 @@
 mod drill_spec;
 mod health_spec;
 mod props;
+mod risk_spec;
 mod spec;
 mod transition_spec;
 

@@ -663,13 +663,17 @@ async fn a_drill_past_its_max_outage_stops_and_undoes_its_fault() -> Result<()> 
 
 /// A scheduled drill starts by itself when its cron expression says (every minute here).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_scheduled_drill_starts_by_itself() -> Result<()> {
-    let (_servers, d) = drilled(
+async fn a_scheduled_drill_starts_by_itself_and_its_result_is_a_notice() -> Result<()> {
+    let rx_dir = lifeboat_testkit::TestDir::new("drill-cron-receiver")?;
+    let rx = lifeboat_testkit::notify::Receiver::start(rx_dir.path(), "s3cret").await?;
+    std::fs::write(rx_dir.path().join("secret"), "s3cret")?;
+    let (servers, d) = drilled(
         "drill-cron",
         "mode = \"manual\"",
-        "[drills.minutely]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"1s\"\nschedule = \"* * * * *\"\nfailback = false\n",
+        &format!("[drills.minutely]\nscenario = \"primary-failure\"\nservice = \"orders\"\nfault = \"pause\"\nduration = \"1s\"\nschedule = \"* * * * *\"\nfailback = false\n\n[notify.hook]\nkind = \"webhook\"\nurl = \"{}\"\nsecret-file = \"{}\"\n", rx.url("/hook"), rx_dir.path().join("secret").display()),
     )
     .await?;
+    let _ = &servers;
     let deadline = Instant::now() + Duration::from_secs(75);
     let rep = loop {
         let h = get(&format!("{}/v1/drills/minutely/history", d.api)).await?;
@@ -690,5 +694,19 @@ async fn a_scheduled_drill_starts_by_itself() -> Result<()> {
         d.log()
     );
     assert_ne!(rep["status"], "skipped", "{rep:#}");
+    // Passed or failed, the run is a notice under the drill's key (a pass resolves a failure).
+    let kind = format!("drill-{}", rep["status"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let calls = rx.calls_to("/hook");
+        if let Some(c) = calls.iter().find(|c| c["body"]["type"] == kind.as_str()) {
+            assert_eq!(c["body"]["data"]["key"], "drill/minutely");
+            assert_eq!(c["body"]["data"]["details"]["run"], rep["id"].to_string());
+            assert_eq!(c["signature_ok"], true);
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no {kind} notice: {calls:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
 }
