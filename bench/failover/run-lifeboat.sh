@@ -25,6 +25,14 @@
 #        --fault drill-region: `lifeboat drill run region` (scenario region-outage: every port
 #            of region us-east silent for --fault-for, then undone, rejoin and failback),
 #            canary.py measuring beside the drill's own canary (bench/drills/).
+#        --notify: a webhook notifier (min-severity info) posts to a recording receiver
+#            (crates/lifeboat-testkit/src/receiver.py); the result adds fault_to_first_notice_s,
+#            the fault to the receipt of the incident's first notice (bench/notify/).
+#        ./run-lifeboat.sh --storm N [--storm-rate R]   # instead of a fault: a switchover,
+#            then N operator updates of its incident as fast as the API takes them, with two
+#            webhook notifiers (one receiver up, one down until the storm is delivered to the
+#            first) and a Slack one; max-per-minute R for the webhooks (default: their default);
+#            writes results-storm/<run_id>.json (bench/notify/)
 #        ./run-lifeboat.sh --stalls N [--stall-ms MS]   # instead of the kill: SIGSTOP the
 #            primary's processes for MS (300) ms, SIGCONT, N times 1 s apart; counts failovers
 #            (expected: 0) and writes results-stall/<run_id>.json
@@ -38,7 +46,7 @@ PYTHON="${PYTHON:-python3}"
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_OS_USER="${PG_OS_USER:-postgres}"
 LIFEBOAT="${LIFEBOAT:-$ROOT/target/release/lifeboat}"
-FAULT=kill FAULT_FOR=10 STALLS=0 STALL_MS=300 SYNC=0 RUNS=1 STEADY=10 STEADY_JITTER=10 POST=5 PROMOTE_TIMEOUT=90 KEEP_TMP=0 CANARY_INTERVAL=0.010
+FAULT=kill FAULT_FOR=10 NOTIFY=0 STORM=0 STORM_RATE="" STALLS=0 STALL_MS=300 SYNC=0 RUNS=1 STEADY=10 STEADY_JITTER=10 POST=5 PROMOTE_TIMEOUT=90 KEEP_TMP=0 CANARY_INTERVAL=0.010
 RUN_HARD_LIMIT=300
 RESULTS_DIR="$HERE/results"
 
@@ -55,6 +63,9 @@ while (($#)); do
     --keep-tmp) KEEP_TMP=1; shift;;
     --interval) CANARY_INTERVAL="$2"; shift 2;;
     --stalls) STALLS="$2"; shift 2;;
+    --notify) NOTIFY=1; shift;;
+    --storm) STORM="$2"; shift 2;;
+    --storm-rate) STORM_RATE="$2"; shift 2;;
     --fault) FAULT="$2"; shift 2;;
     --fault-for) FAULT_FOR="$2"; shift 2;;
     --stall-ms) STALL_MS="$2"; shift 2;;
@@ -64,6 +75,8 @@ while (($#)); do
 done
 
 ((STALLS)) && [[ "$RESULTS_DIR" == "$HERE/results" ]] && RESULTS_DIR="$HERE/results-stall"
+((STORM)) && [[ "$RESULTS_DIR" == "$HERE/results" ]] && RESULTS_DIR="$HERE/results-storm"
+RECEIVER_PY="$ROOT/crates/lifeboat-testkit/src/receiver.py"
 # shellcheck source=faults.sh
 . "$HERE/faults.sh"
 # shellcheck source=common.sh
@@ -94,9 +107,9 @@ teardown() {
   trap '' INT TERM; trap - EXIT
   fault_end
   [[ -z "$T" ]] && return $rc
-  for p in "$PROBE_PID" "$CANARY_PID" "$LB_PID"; do alive "$p" && kill -TERM "$p" 2>/dev/null; done
-  for _ in $(seq 1 100); do alive "$LB_PID" || alive "$CANARY_PID" || alive "$PROBE_PID" || break; sleep 0.1; done
-  for p in "$PROBE_PID" "$CANARY_PID" "$LB_PID"; do alive "$p" && kill -KILL "$p" 2>/dev/null; done
+  for p in "$PROBE_PID" "$CANARY_PID" "$LB_PID" "$RX_PID" "$RX2_PID"; do alive "$p" && kill -TERM "$p" 2>/dev/null; done
+  for _ in $(seq 1 100); do alive "$LB_PID" || alive "$CANARY_PID" || alive "$PROBE_PID" || alive "$RX_PID" || alive "$RX2_PID" || break; sleep 0.1; done
+  for p in "$PROBE_PID" "$CANARY_PID" "$LB_PID" "$RX_PID" "$RX2_PID"; do alive "$p" && kill -KILL "$p" 2>/dev/null; done
   for d in "$T/us-east-1" "$T/eu-west-1"; do
     [[ -f "$d/postmaster.pid" ]] && as_pg "$PG_BIN/pg_ctl" stop -D "$d" -m fast -w -t 20 >/dev/null 2>&1
     local left; left="$(pids_in_datadir "$d" | tr '\n' ' ')"
@@ -104,7 +117,7 @@ teardown() {
   done
   wait 2>/dev/null
   if ((KEEP_TMP)); then log "kept $T"; else rm -rf "$T"; fi
-  T="" LB_PID="" CANARY_PID="" PROBE_PID=""
+  T="" LB_PID="" CANARY_PID="" PROBE_PID="" RX_PID="" RX2_PID=""
   return $rc
 }
 
@@ -170,6 +183,38 @@ region = "us-east"
 duration = "${FAULT_FOR}s"
 canary-interval = "10ms"
 EOF
+  if ((NOTIFY || STORM)); then
+    RXP="$(free_port)"; RX2P="$(free_port)"
+    export RECEIVER_SECRET="bench-$RANDOM-secret" BENCH_SLACK_URL="http://127.0.0.1:$RXP/slack/bench"
+    mkdir -p "$T/rx" "$T/rx2"
+    "$PY" "$RECEIVER_PY" "$RXP" "$T/rx" > /dev/null 2> "$T/rx/receiver.log" < /dev/null &
+    RX_PID=$!
+    wait_until 15 bash -c "exec 3<>/dev/tcp/127.0.0.1/$RXP" 2>/dev/null || { log "receiver did not listen"; return 4; }
+    local rate=""; [[ -n "$STORM_RATE" ]] && rate="max-per-minute = $STORM_RATE"
+    cat >> "$T/lifeboat.toml" <<EOF
+[notify.bench]
+kind = "webhook"
+url = "http://127.0.0.1:$RXP/hook"
+secret-env = "RECEIVER_SECRET"
+min-severity = "info"
+$rate
+EOF
+    if ((STORM)); then
+      cat >> "$T/lifeboat.toml" <<EOF
+[notify.down]
+kind = "webhook"
+url = "http://127.0.0.1:$RX2P/hook"
+secret-env = "RECEIVER_SECRET"
+min-severity = "info"
+timeout = "1s"
+$rate
+[notify.chat]
+kind = "slack"
+url-env = "BENCH_SLACK_URL"
+min-severity = "info"
+EOF
+    fi
+  fi
   LIFEBOAT_API_TOKEN="$(head -c 18 /dev/urandom | base64)"; export LIFEBOAT_API_TOKEN
   "$LIFEBOAT" run -c "$T/lifeboat.toml" > "$T/lifeboat.log" 2>&1 < /dev/null &
   LB_PID=$!
@@ -179,6 +224,7 @@ EOF
       || { log "standby never synchronous"; return 4; }
   fi
   log "lifeboat $LIFEBOAT_VERSION up (pid $LB_PID), endpoint routes to us-east-1"
+  if ((STORM)); then storm_run; return $?; fi
 
   local dsn; dsn="$(pg_dsn "$EP")"
   "$PY" "$SHARED/canary.py" write --dsn "$dsn" --log "$T/canary.jsonl" --interval "$CANARY_INTERVAL" \
@@ -287,6 +333,17 @@ res = {
      "lifeboat_fault_to_detect_s": ms("detect_ms"), "lifeboat_fault_to_promoted_s": ms("promote_ms"),
      "lifeboat_fault_to_first_write_s": ms("first_write_ms"), "lag_bytes_at_fault": fig.get("lag_bytes_at_fault")},
 }
+calls = []
+if os.path.exists(f"{T}/rx/calls.jsonl"):
+    calls = [json.loads(l) for l in open(f"{T}/rx/calls.jsonl") if l.strip()]
+opened = [c for c in calls if c["path"] == "/hook" and c["body"].get("type") == "incident-opened"]
+if calls:
+    res["notify"] = {"first_notice_at": opened[0]["at"] if opened else None,
+                     "fault_to_first_notice_s": round(opened[0]["at"] - fault_ts, 3) if opened else None,
+                     "notices": len(calls), "signatures_ok": all(c["signature_ok"] for c in calls if c["path"] == "/hook"),
+                     "types": [c["body"].get("type") for c in calls if c["path"] == "/hook"]}
+    print(f"NOTIFY {res['run_id']}: fault->first notice={res['notify']['fault_to_first_notice_s']}s "
+          f"({len(calls)} notices, signatures ok: {res['notify']['signatures_ok']})")
 drill = load(f"{T}/drill.json")
 if drill:
     m = drill.get("measured") or {}
@@ -306,6 +363,20 @@ print(f"RESULT {res['run_id']}: kill->promoted={res['kill_to_promoted_s']}s RTO(
 PYEOF
   cp "$T/lifeboat.log" "$T/probe.json" "$T/verify.json" "$T/incidents.json" "$T/fault_ts" "$T/drill.json" "$T/drill.md" "$T/drill.svg" "$RESULTS_DIR/$run_id/" 2>/dev/null
   gzip -c "$T/canary.jsonl" > "$RESULTS_DIR/$run_id/canary.jsonl.gz" 2>/dev/null
+  return $rc
+}
+
+# The storm: a switchover opens an incident, then STORM operator updates of it as fast as the
+# API takes them. One webhook receiver is up, one is down until the first has everything.
+storm_run() {
+  "$LIFEBOAT" switchover --to eu-west-1 --api "http://127.0.0.1:$API" > "$T/switchover.out" 2>&1 \
+    || { log "switchover failed: $(tail -3 "$T/switchover.out")"; return 6; }
+  log "storm of $STORM updates; webhook max-per-minute=${STORM_RATE:-default}"
+  API="$API" RXP="$RXP" RX2P="$RX2P" STORM="$STORM" RECEIVER_PY="$RECEIVER_PY" \
+    "$PY" "$ROOT/bench/notify/storm.py" "$T" "$RESULTS_DIR/$RUN_ID.json"
+  local rc=$?
+  [[ -f "$T/rx2.pid" ]] && RX2_PID="$(cat "$T/rx2.pid")"
+  mkdir -p "$RESULTS_DIR/$RUN_ID"; cp "$T/lifeboat.log" "$RESULTS_DIR/$RUN_ID/" 2>/dev/null
   return $rc
 }
 
@@ -338,11 +409,11 @@ print(f"RESULT {os.environ['RUN_ID']}: {stalls} stalls of {stall_ms} ms -> failo
 PYEOF
 }
 
-export LIFEBOAT_VERSION PG_VERSION SYNC FAULT FAULT_FOR
+export LIFEBOAT_VERSION PG_VERSION SYNC FAULT FAULT_FOR STORM_RATE
 overall=0
 for i in $(seq 1 "$RUNS"); do
   export RUN_IDX="$i" RUN_START="$EPOCHREALTIME"
-  RUN_ID="lifeboat-$( ((STALLS)) && echo stall || echo "$FAULT")-$( ((SYNC)) && echo sync || echo async )-$(date -u +%Y%m%dT%H%M%SZ)-r${i}"
+  RUN_ID="lifeboat-$( ((STALLS)) && echo stall || { ((STORM)) && echo "storm$STORM"; } || echo "$FAULT")-$( ((SYNC)) && echo sync || echo async )-$(date -u +%Y%m%dT%H%M%SZ)-r${i}"
   export RUN_ID
   ( run_once ) & child=$!
   trap 'kill -TERM $child 2>/dev/null; wait $child; exit 130' INT TERM
