@@ -23,7 +23,9 @@ fn a_healthy_cluster_within_its_rpo_is_at_no_risk() {
 #[test]
 fn a_standby_that_could_not_take_over_and_exposure_past_the_rpo_are_risks() {
     let mut v = cluster();
-    set(&mut v, "pg-b", |n| n.facts = Some(standby_facts((1 << 30) - (32 << 20))));
+    set(&mut v, "pg-b", |n| {
+        n.facts = Some(standby_facts((1 << 30) - (32 << 20)))
+    });
     check(
         &v,
         Some(4.5),
@@ -63,13 +65,20 @@ fn cond(name: &str) -> Condition {
 fn a_risk_is_raised_once_it_lasts_and_cleared_when_it_is_gone_and_a_blip_is_never_raised() {
     let mut r = Risks::default();
     let at = |ms| T0.plus_ms(ms);
-    assert_eq!(r.observe(at(0), 1000, vec![cond("lag"), cond("blip")]), vec![]);
+    assert_eq!(
+        r.observe(at(0), 1000, vec![cond("lag"), cond("blip")]),
+        vec![]
+    );
     assert_eq!(r.observe(at(500), 1000, vec![cond("lag")]), vec![]);
     assert_eq!(
         r.observe(at(1000), 1000, vec![cond("lag")]),
         vec![RiskChange::Raised(cond("lag"), at(0))]
     );
-    assert_eq!(r.observe(at(1500), 1000, vec![cond("lag")]), vec![], "raised once");
+    assert_eq!(
+        r.observe(at(1500), 1000, vec![cond("lag")]),
+        vec![],
+        "raised once"
+    );
     assert_eq!(r.raised().count(), 1);
     assert_eq!(
         r.observe(at(2000), 1000, vec![]),
