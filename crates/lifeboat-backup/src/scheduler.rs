@@ -62,12 +62,14 @@ pub type PrimaryFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 /// What the scheduler tells people about (the daemon turns these into notices).
 #[derive(Clone, Debug, PartialEq)]
 pub enum BackupEvent {
-    /// The newest good snapshot of `source` in `tier` is older than the tier's RPO.
+    /// The newest good snapshot of `source` in `tier` is older than the tier's RPO (`age_s`
+    /// old), or, with `none_yet`, there has been none since the daemon started `age_s` ago.
     Stale {
         source: String,
         tier: String,
         age_s: f64,
         rpo_s: f64,
+        none_yet: bool,
     },
     /// A stale tier has a new snapshot.
     Fresh {
@@ -392,9 +394,33 @@ impl Scheduler {
     /// Keeps the age and RPO gauges current.
     async fn age_worker(&self, wal: Arc<WalStatus>, cancel: CancellationToken) {
         let mut stale = std::collections::BTreeSet::new();
+        let started = unix_now();
         while !cancel.is_cancelled() {
             let now = unix_now();
             let mut events = Vec::new();
+            // A tier that has not produced a snapshot of a source since the start is as stale
+            // as one whose snapshot grew old.
+            for (tier, cfg) in self
+                .backup
+                .tiers
+                .iter()
+                .filter(|(_, t)| t.kind != TierKind::Copy)
+            {
+                let rpo = cfg.rpo().get().as_secs_f64();
+                for source in &cfg.sources {
+                    let key = (source.clone(), tier.clone());
+                    let none = !self.newest.lock().expect("newest").contains_key(&key);
+                    if none && now - started > rpo && stale.insert(key) {
+                        events.push(BackupEvent::Stale {
+                            source: source.clone(),
+                            tier: tier.clone(),
+                            age_s: now - started,
+                            rpo_s: rpo,
+                            none_yet: true,
+                        });
+                    }
+                }
+            }
             for ((source, tier), (t, rpo)) in self.newest.lock().expect("newest").iter() {
                 let l = labels(source, tier);
                 let exceeded = now - t > rpo.as_secs_f64();
@@ -411,6 +437,7 @@ impl Scheduler {
                         tier: tier.clone(),
                         age_s: now - t,
                         rpo_s: rpo.as_secs_f64(),
+                        none_yet: false,
                     });
                 } else if !exceeded && stale.remove(&key) {
                     events.push(BackupEvent::Fresh {
@@ -675,22 +702,25 @@ impl Scheduler {
                         }
                         Some(e) => {
                             warn!(source = %t.source, error = %e, "restore test failed");
-                            failed = true;
-                            self.tell(BackupEvent::RestoreTestFailed {
-                                source: t.source.clone(),
-                                error: e.to_string(),
-                            });
+                            // Told when it starts failing, not at every failing run.
+                            if !std::mem::replace(&mut failed, true) {
+                                self.tell(BackupEvent::RestoreTestFailed {
+                                    source: t.source.clone(),
+                                    error: e.to_string(),
+                                });
+                            }
                         }
                     }
                 }
                 Err(e) => {
                     m.restore_test_ok.set(0);
                     warn!(source = %t.source, error = %e, "restore test could not run");
-                    failed = true;
-                    self.tell(BackupEvent::RestoreTestFailed {
-                        source: t.source.clone(),
-                        error: format!("could not run: {e}"),
-                    });
+                    if !std::mem::replace(&mut failed, true) {
+                        self.tell(BackupEvent::RestoreTestFailed {
+                            source: t.source.clone(),
+                            error: format!("could not run: {e}"),
+                        });
+                    }
                 }
             }
         }

@@ -274,10 +274,13 @@ fn backup_notice(cfg: &Config, e: BackupEvent) -> Notice {
             tier,
             age_s,
             rpo_s,
+            none_yet,
         } => notice(NoticeKind::BackupStale, &source, format!("backup/{source}/{tier}"))
-            .title(format!(
-                "backup {tier} of {source} is {age_s:.0} s old, older than its RPO of {rpo_s:.0} s"
-            ))
+            .title(if none_yet {
+                format!("backup {tier} of {source}: no snapshot in the {age_s:.0} s since Lifeboat started, past its RPO of {rpo_s:.0} s")
+            } else {
+                format!("backup {tier} of {source} is {age_s:.0} s old, older than its RPO of {rpo_s:.0} s")
+            })
             .text("Restoring now would lose more than the tier allows. `lifeboat backup list` shows the snapshots; the daemon's log says why the last run failed.")
             .detail("tier", &tier),
         BackupEvent::Fresh { source, tier } => {

@@ -589,3 +589,87 @@ async fn a_notifier_without_its_secret_stops_the_daemon_before_it_starts() -> Re
     );
     Ok(())
 }
+
+/// A tier past its RPO and a restore test that fails are notices (the restore test fails
+/// here because the repository holds no base backup of its source).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_backup_and_a_failed_restore_test_are_notices() -> Result<()> {
+    let regions = TwoRegions::start("backup-notices", "").await?;
+    let dir = &regions.dir;
+    let (repo, pass) = crate::backup::new_repo(dir)?;
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(&files)?;
+    std::fs::write(files.join("a"), "a")?;
+    let rx = Receiver::start(&dir.path().join("receiver"), SECRET).await?;
+    std::fs::write(dir.path().join("hook-secret"), SECRET)?;
+    append(
+        &regions.config_path,
+        &format!(
+            r#"
+[backup.repositories.main]
+location = "{repo}"
+password-file = "{pass}"
+
+[backup.sources.files]
+paths = ["{files}"]
+
+[backup.sources.db]
+follow-primary = true
+
+[backup.tiers.hourly]
+kind = "incremental"
+sources = ["files"]
+repository = "main"
+every = "1h"
+rpo = "2s"
+keep = {{ last = 2 }}
+
+[backup.restore-test]
+source = "db"
+repository = "main"
+every = "1s"
+query = "SELECT 1"
+scratch-dir = "{scratch}"
+
+[notify.hook]
+kind = "webhook"
+url = "{hook}"
+secret-file = "hook-secret"
+"#,
+            pass = pass.display(),
+            files = files.display(),
+            scratch = dir.subdir("scratch")?.display(),
+            hook = rx.url("/hook"),
+        ),
+    )?;
+    let d = Daemon::start(&regions, "us-east-1").await?;
+    let found = |kind: &str, key: &str| {
+        rx.calls_to("/hook")
+            .into_iter()
+            .find(|c| c["body"]["type"] == kind && c["body"]["data"]["key"] == key)
+    };
+    let stale = until("the hourly tier goes stale", T, || {
+        found("backup-stale", "backup/files/hourly")
+    })
+    .await?;
+    let title = stale["body"]["data"]["title"].as_str().unwrap();
+    assert!(title.contains("older than its RPO of 2 s"), "{title}");
+    assert_eq!(stale["body"]["data"]["service"], "orders");
+    let failed = until("the restore test fails", T, || {
+        found("restore-test-failed", "restore-test/db")
+    })
+    .await?;
+    assert!(
+        failed["body"]["data"]["text"].as_str().unwrap().len() > 10,
+        "says why: {failed:#}"
+    );
+    // Told once, not at every failing run.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let n = rx
+        .calls_to("/hook")
+        .iter()
+        .filter(|c| c["body"]["type"] == "restore-test-failed")
+        .count();
+    assert_eq!(n, 1, "{}", d.log());
+    Ok(())
+}
