@@ -77,6 +77,7 @@ done
 ((STALLS)) && [[ "$RESULTS_DIR" == "$HERE/results" ]] && RESULTS_DIR="$HERE/results-stall"
 ((STORM)) && [[ "$RESULTS_DIR" == "$HERE/results" ]] && RESULTS_DIR="$HERE/results-storm"
 RECEIVER_PY="$ROOT/crates/lifeboat-testkit/src/receiver.py"
+T="" LB_PID="" CANARY_PID="" PROBE_PID="" RX_PID="" RX2_PID=""
 # shellcheck source=faults.sh
 . "$HERE/faults.sh"
 # shellcheck source=common.sh
