@@ -172,6 +172,17 @@ CREATE TABLE IF NOT EXISTS timeline (
 CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
 "#;
 
+/// An `events` row read as `SELECT id, at_ms, kind, message, service`.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        id: r.get(0)?,
+        at_ms: r.get::<_, i64>(1)? as u64,
+        kind: r.get(2)?,
+        message: r.get(3)?,
+        service: r.get(4)?,
+    })
+}
+
 /// `Damaged` for a file that is not a database or is corrupt; otherwise an open error.
 fn damaged_or(path: &Path, source: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
@@ -336,15 +347,7 @@ impl Store {
             )?;
             let rows = st.query_map(
                 params![self.service, from.0 as i64, to.0 as i64, limit],
-                |r| {
-                    Ok(Event {
-                        id: r.get(0)?,
-                        at_ms: r.get::<_, i64>(1)? as u64,
-                        kind: r.get(2)?,
-                        message: r.get(3)?,
-                        service: r.get(4)?,
-                    })
-                },
+                event_row,
             )?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -360,15 +363,7 @@ impl Store {
             let mut st = c.prepare(
                 "SELECT id, at_ms, kind, message, service FROM events ORDER BY id DESC LIMIT ?1",
             )?;
-            let rows = st.query_map([limit], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    at_ms: r.get::<_, i64>(1)? as u64,
-                    kind: r.get(2)?,
-                    message: r.get(3)?,
-                    service: r.get(4)?,
-                })
-            })?;
+            let rows = st.query_map([limit], event_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }

@@ -60,6 +60,12 @@ pub fn headline(n: &Notice) -> String {
     format!("{mark} [{}] {}", n.service, n.title)
 }
 
+/// What chat and email hear: everything but steps that went well (the incident's state
+/// changes say those).
+pub fn for_people(n: &Notice) -> bool {
+    n.kind != NoticeKind::IncidentStep || n.details.get("outcome").is_some_and(|o| o != "ok")
+}
+
 /// Escapes what Slack reads as markup (`<!channel>` would ping everyone).
 pub fn slack_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -416,7 +422,10 @@ async fn step(inner: &Inner, c: &Channel, bucket: &mut TokenBucket, throttled: &
         Answer::Unknown(d) | Answer::Unreached(d) => {
             let first = cur.first_try_ms.map_or(t, Millis);
             let end = now();
-            if end.since(first) >= c.route.give_up_after.as_millis() as u64 {
+            // A notice older than give-up-after is given up at its next failure (a page
+            // about yesterday helps nobody); one that is delivered late is still delivered.
+            let born = group.first().map_or(t, |s| s.notice.at);
+            if end.since(born) >= c.route.give_up_after.as_millis() as u64 {
                 warn!(notifier = %c.name, attempts, error = %d, "giving up a notice after give-up-after");
                 count("expired", group.len());
                 store.settle(&c.name, to, &ids("expired"), attempts, end, Some(d))

@@ -9,7 +9,7 @@ use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use lifeboat_config::EmailConfig;
-use lifeboat_core::notice::{Notice, NoticeKind};
+use lifeboat_core::notice::Notice;
 use lifeboat_store::Stored;
 use std::time::Duration;
 
@@ -117,7 +117,7 @@ impl Email {
 #[async_trait]
 impl Notifier for Email {
     fn wants(&self, n: &Notice) -> bool {
-        n.kind != NoticeKind::IncidentStep || n.details.get("outcome").is_some_and(|o| o != "ok")
+        crate::notify::for_people(n)
     }
     fn batch(&self) -> usize {
         50

@@ -6,7 +6,7 @@ use super::{http_client, notify_secret, post_json, Answer, Notifier};
 use crate::notify::{headline, slack_escape};
 use async_trait::async_trait;
 use lifeboat_config::SlackConfig;
-use lifeboat_core::notice::{Notice, NoticeKind};
+use lifeboat_core::notice::Notice;
 use lifeboat_store::Stored;
 use serde_json::json;
 use std::time::Duration;
@@ -94,9 +94,8 @@ pub(crate) fn message(notices: &[Stored]) -> serde_json::Value {
 
 #[async_trait]
 impl Notifier for Slack {
-    /// Everything but steps that went well (the incident's state changes say those).
     fn wants(&self, n: &Notice) -> bool {
-        n.kind != NoticeKind::IncidentStep || n.details.get("outcome").is_some_and(|o| o != "ok")
+        crate::notify::for_people(n)
     }
     fn batch(&self) -> usize {
         20
