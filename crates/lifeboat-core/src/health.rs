@@ -45,6 +45,9 @@ impl Health {
     pub fn is_down(&self) -> bool {
         matches!(self, Health::Down { .. })
     }
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, Health::Unknown { .. })
+    }
     pub fn label(&self) -> &'static str {
         match self {
             Health::Unknown { .. } => "unknown",

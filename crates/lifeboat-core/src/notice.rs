@@ -322,6 +322,12 @@ impl Risks {
         changes
     }
 
+    /// A risk raised before a restart (its last notice was a raise): it is cleared, not
+    /// raised again, when the next observations no longer show it.
+    pub fn restore(&mut self, c: Condition, since: Millis) {
+        self.seen.insert(c.name.clone(), (since, true, c));
+    }
+
     /// The risks raised now.
     pub fn raised(&self) -> impl Iterator<Item = &Condition> {
         self.seen.values().filter(|(_, r, _)| *r).map(|(_, _, c)| c)

@@ -168,6 +168,20 @@ impl Controller {
             .count();
         let state = store.state(service.kind == ServiceKind::Postgres && postgres == 1)?;
         let last_incident = store.last_incident()?;
+        // Risks raised before a restart stay raised, so that they are cleared when they end.
+        let mut risks = Risks::default();
+        for n in store.last_notices(&format!("risk/{}/", service.name))? {
+            if n.kind == NoticeKind::RiskRaised {
+                if let Some(name) = n.details.get("risk") {
+                    let c = lifeboat_core::notice::Condition {
+                        name: name.clone(),
+                        severity: n.severity,
+                        sentence: n.text.clone(),
+                    };
+                    risks.restore(c, n.at);
+                }
+            }
+        }
         let start = now();
         if let Some(tier) = cfg.tier(sc) {
             metrics.targets(&service.name, tier.rpo.get(), tier.rto.get());
@@ -210,7 +224,7 @@ impl Controller {
             router,
             state,
             metrics,
-            risks: Risks::default(),
+            risks,
             healthy_since: None,
             next_resolve_check: Millis(0),
         })
@@ -501,10 +515,15 @@ impl Controller {
     fn watch(&mut self, conditions: Vec<lifeboat_core::notice::Condition>, at: Millis) {
         let inc = &self.cfg.incidents;
         let service = self.service.name.clone();
-        for change in self
-            .risks
-            .observe(at, inc.risk_after.get().as_millis() as u64, conditions)
-        {
+        // Until every node has been observed, what is missing is not known to be gone.
+        let known = self.trackers.values().all(|t| !t.health.is_unknown());
+        let changes = if known {
+            let after = inc.risk_after.get().as_millis() as u64;
+            self.risks.observe(at, after, conditions)
+        } else {
+            Vec::new()
+        };
+        for change in changes {
             let (kind, c, title) = match change {
                 RiskChange::Raised(c, since) => {
                     let t = format!("at risk since {since}: {}", c.sentence);

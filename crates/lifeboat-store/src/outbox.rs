@@ -224,6 +224,18 @@ impl Store {
         })
     }
 
+    /// The newest notice of each of this service's subjects whose key starts with `prefix`.
+    pub fn last_notices(&self, prefix: &str) -> Result<Vec<Notice>, StoreError> {
+        let rows: Vec<String> = self.with(|c| {
+            let mut st = c.prepare(
+                "SELECT json FROM notices WHERE id IN (SELECT max(id) FROM notices WHERE service = ?1 AND substr(key, 1, length(?2)) = ?2 AND only_to IS NULL GROUP BY key) ORDER BY id",
+            )?;
+            let rows = st.query_map(params![self.service, prefix], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        rows.iter().map(|j| Ok(serde_json::from_str(j)?)).collect()
+    }
+
     /// Records a status update of an incident.
     pub fn incident_update(
         &self,

@@ -87,3 +87,17 @@ fn a_risk_is_raised_once_it_lasts_and_cleared_when_it_is_gone_and_a_blip_is_neve
     // The blip came and went within the second: never raised, never cleared.
     assert_eq!(r.observe(at(3000), 1000, vec![]), vec![]);
 }
+
+#[test]
+fn a_risk_raised_before_a_restart_is_cleared_when_it_is_gone_and_not_raised_again() {
+    let mut r = Risks::default();
+    r.restore(cond("lag"), T0);
+    assert_eq!(
+        r.observe(T0.plus_ms(60_000), 1000, vec![cond("lag")]),
+        vec![]
+    );
+    assert_eq!(
+        r.observe(T0.plus_ms(61_000), 1000, vec![]),
+        vec![RiskChange::Cleared(cond("lag"), T0.plus_ms(61_000))]
+    );
+}

@@ -128,7 +128,7 @@ to = ["oncall@example.org"]
             smtp = smtp.port
         ),
     )?;
-    let d = Daemon::start(&regions, "us-east-1").await?;
+    let mut d = Daemon::start(&regions, "us-east-1").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     regions.primary.kill()?;
     d.wait_until("eu-west-1 is the primary", T, |s| {
@@ -286,7 +286,10 @@ to = ["oncall@example.org"]
         html.contains("Orders status") && html.contains("primary lost, failed over to eu-west-1")
     );
 
-    // The old primary rejoins: the risk clears.
+    // The daemon restarts (the risk it raised stays raised), the old primary rejoins: the
+    // risk clears, once.
+    d.stop()?;
+    let d = Daemon::spawn(&regions)?.routing_to("eu-west-1").await?;
     let out = d.cli(&["rejoin", "us-east-1"]);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     until("the risk clears", T, || {
@@ -296,6 +299,12 @@ to = ["oncall@example.org"]
             .then_some(())
     })
     .await?;
+    let raised = rx
+        .calls_to("/hook")
+        .iter()
+        .filter(|c| c["body"]["data"]["key"] == key && c["body"]["type"] == "risk-raised")
+        .count();
+    assert_eq!(raised, 1, "raised once, also across the restart");
 
     // No secret anywhere Lifeboat writes or answers.
     let notify = get(&format!("{}/v1/notify", d.api)).await?.to_string();
