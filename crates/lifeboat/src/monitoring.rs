@@ -27,6 +27,8 @@ mod m {
     pub const RESTORE_TEST_LAST: &str = "lifeboat_backup_restore_test_last_timestamp_seconds";
     pub const DRILL_PASSED: &str = "lifeboat_drill_passed";
     pub const DRILL_RTO: &str = "lifeboat_drill_rto_seconds";
+    pub const NOTIFY_DELIVERIES: &str = "lifeboat_notify_deliveries_total";
+    pub const NOTIFY_PENDING: &str = "lifeboat_notify_pending";
 }
 
 /// `critical`: a failover now would break the tier's promise, or nothing would fail over.
@@ -280,6 +282,39 @@ fn checks(job: &str) -> Vec<Check> {
                 words: PASS_FAIL,
                 thresholds: ("red", &[(1.0, "green")]),
                 no_value: "no drill run",
+            }],
+        },
+        Check {
+            alert: Alert {
+                name: "LifeboatNotificationsFailing",
+                note: &[
+                    "A receiver refused notices (4xx) or they were given up (give-up-after), or",
+                    "a notifier has had notices waiting for 15 minutes (a receiver down, a storm",
+                    "held back by max-per-minute). Both sides carry job, instance and notifier.",
+                ],
+                expr: format!(
+                    "(sum by (job, instance, notifier) (increase({}{{outcome=~\"refused|expired\"}}[30m])) > 0) or ({} > 0)",
+                    m::NOTIFY_DELIVERIES,
+                    m::NOTIFY_PENDING
+                ),
+                hold: Some("15m"),
+                severity: Severity::Warning,
+                summary: "Lifeboat: notifier {{ $labels.notifier }} is not getting notices through",
+                description: "Notices to {{ $labels.notifier }} were refused or given up in the \
+                    last 30 minutes, or have waited for 15 minutes: the people it pages may not \
+                    hear about incidents. Nothing is lost while they wait.",
+                runbook: "lifeboat notify list (what waits, the last error, refusals); lifeboat \
+                    notify test {{ $labels.notifier }} once the receiver is fixed",
+            },
+            stats: vec![Stat {
+                title: "Notices waiting",
+                description: "Notices each notifier has not settled yet.",
+                expr: m::NOTIFY_PENDING.to_owned(),
+                legend: "{{notifier}}",
+                unit: "none",
+                words: &[],
+                thresholds: ("green", &[(1.0, "orange"), (100.0, "red")]),
+                no_value: "no notifiers",
             }],
         },
     ]

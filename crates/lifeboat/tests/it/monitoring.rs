@@ -332,11 +332,18 @@ sources = ["files"]
 repository = "main"
 every = "1h"
 keep = {{ last = 2 }}
+
+[notify.oncall]
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret-file = "hook-secret"
 "#,
         pass = pass.display(),
         files = files.display(),
     ));
     std::fs::write(&regions.config_path, config)?;
+    // A notifier whose receiver is down, so that its series exist.
+    std::fs::write(dir.path().join("hook-secret"), "s3cret")?;
     let d = Daemon::start(&regions, "us-east-1").await?;
     d.wait_until("both nodes up", Duration::from_secs(30), |s| {
         s["nodes"]
@@ -418,6 +425,7 @@ keep = {{ last = 2 }}
         "lifeboat_node_up",
         "lifeboat_rpo_exposure_seconds",
         "lifeboat_backup_rpo_exceeded",
+        "lifeboat_notify_pending",
     ] {
         assert!(checked.contains(metric), "{metric}'s labels not checked");
     }
