@@ -774,21 +774,22 @@ impl Read for ChannelReader {
     }
 }
 
-/// When run as root, hands the files written here to the owner of the restored data files.
+/// Leaves the restored data directory as `pg_ctl start` wants it, whoever ran the restore:
+/// mode 0700 always (PostgreSQL refuses a group- or world-readable data directory), and, when
+/// run as root, every file written here owned by the owner of the restored data files.
 fn give_to_owner_of_data(to: &Path) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    let version = to.join("PG_VERSION");
-    let md = std::fs::metadata(&version).map_err(Error::io(&version))?;
-    let (uid, gid) = (md.uid(), md.gid());
-    let mut stack = vec![to.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(Error::io(&p))?;
-        if p.is_dir() && !p.is_symlink() {
-            for e in std::fs::read_dir(&p).map_err(Error::io(&p))? {
-                stack.push(e.map_err(Error::io(&p))?.path());
+    if nix::unistd::geteuid().is_root() {
+        let version = to.join("PG_VERSION");
+        let md = std::fs::metadata(&version).map_err(Error::io(&version))?;
+        let (uid, gid) = (md.uid(), md.gid());
+        let mut stack = vec![to.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(Error::io(&p))?;
+            if p.is_dir() && !p.is_symlink() {
+                for e in std::fs::read_dir(&p).map_err(Error::io(&p))? {
+                    stack.push(e.map_err(Error::io(&p))?.path());
+                }
             }
         }
     }

@@ -334,6 +334,20 @@ async fn bad_input_gets_a_clear_error_and_a_non_zero_exit() -> Result<()> {
     Ok(())
 }
 
+/// A restored data directory is 0700, and owned by the owner of its files (postgres, when the
+/// restore ran as root).
+fn restored_as_pg_ctl_wants(to: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let md = std::fs::metadata(to)?;
+    assert_eq!(md.permissions().mode() & 0o777, 0o700, "{}", to.display());
+    let files = std::fs::metadata(to.join("PG_VERSION"))?;
+    assert_eq!((md.uid(), md.gid()), (files.uid(), files.gid()));
+    for f in ["postgresql.auto.conf", "recovery.signal", "pg_wal"] {
+        assert_eq!(std::fs::metadata(to.join(f))?.uid(), files.uid(), "{f}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_target() -> Result<()> {
     let dir = TestDir::new("pitr")?;
@@ -431,8 +445,41 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     ok(lb(repo, &[], &["restore", "postgres", "--to"])
         .arg(&to)
         .output()?)?;
+    restored_as_pg_ctl_wants(&to)?;
     let n = PgCluster::query_restored(&dir, "latest", "SELECT count(*)::text FROM t").await?;
     assert_eq!(n, "6", "every archived row");
+    // The same restore run by the postgres user (as an operator on a database host would):
+    // the data directory is 0700 too, which `pg_ctl start` needs.
+    if nix::unistd::geteuid().is_root() {
+        // The repository is the postgres user's here (a restore takes a lock in it).
+        ok(std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres", repo])
+            .output()?)?;
+        let theirs = dir.subdir("as-postgres")?;
+        lifeboat_testkit::give_to_postgres(&theirs)?;
+        let to = theirs.join("latest");
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+            BIN,
+        ]);
+        c.args(["restore", "postgres", "--repo", repo, "--password-file"])
+            .arg(&pass)
+            .arg("--to")
+            .arg(&to)
+            .env_remove("LIFEBOAT_PASSWORD");
+        ok(c.output()?)?;
+        restored_as_pg_ctl_wants(&to)?;
+        let n =
+            PgCluster::query_restored(&dir, "as-postgres/latest", "SELECT count(*)::text FROM t")
+                .await?;
+        assert_eq!(n, "6", "every archived row, restored by the postgres user");
+    } else {
+        eprintln!("skipped: the restore as the postgres user needs root to switch to that user");
+    }
 
     // Bad targets: before the first base backup, and a malformed time.
     let out = lb(
