@@ -124,8 +124,14 @@ impl WalStreamer {
         *self.status.last_error.lock().expect("status") = Some(e.to_string());
     }
 
+    /// pg_receivewal's output, inside the spool (everything the streamer writes stays in the
+    /// directory it was given).
+    fn log_path(&self) -> PathBuf {
+        self.spool.join(LOG)
+    }
+
     async fn start(&self, conninfo: &str) -> Result<RunningTool> {
-        std::fs::create_dir_all(&self.spool).map_err(Error::io(&self.spool))?;
+        std::fs::create_dir_all(&self.spool).map_err(writing(&self.spool))?;
         let bin = LocalServer::find_bin_dir().map_err(|e| pg_error("continuous WAL", e))?;
         // The password goes in the children's environment, never on their command lines.
         let tool = || {
@@ -149,8 +155,8 @@ impl WalStreamer {
                 e => pg_error("pg_receivewal --create-slot", e),
             })?;
         self.prepare_spool()?;
-        let log = std::fs::File::create(self.spool.with_extension("log"))
-            .map_err(Error::io(&self.spool))?;
+        let log_path = self.log_path();
+        let log = std::fs::File::create(&log_path).map_err(writing(&log_path))?;
         tool()
             .arg("-D")
             .arg(&self.spool)
@@ -171,7 +177,7 @@ impl WalStreamer {
     /// that streaming resumes where the new primary's replication slot is; verify reports the
     /// gap that may leave.
     fn prepare_spool(&self) -> Result<()> {
-        let log = std::fs::read_to_string(self.spool.with_extension("log")).unwrap_or_default();
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let segments = |spool: &Path| -> Result<Vec<String>> {
             let mut names: Vec<String> = std::fs::read_dir(spool)
                 .map_err(Error::io(spool))?
@@ -186,11 +192,11 @@ impl WalStreamer {
             Ok(names)
         };
         if log.contains("is not in this server's history") {
-            let aside = self.spool.with_extension("diverged");
-            std::fs::create_dir_all(&aside).map_err(Error::io(&aside))?;
+            let aside = self.spool.join(DIVERGED);
+            std::fs::create_dir_all(&aside).map_err(writing(&aside))?;
             for name in segments(&self.spool)? {
                 let from = self.spool.join(&name);
-                std::fs::rename(&from, aside.join(&name)).map_err(Error::io(&from))?;
+                std::fs::rename(&from, aside.join(&name)).map_err(writing(&from))?;
             }
             self.note_error(&Error::Command {
                 what: "continuous WAL".into(),
@@ -285,6 +291,32 @@ impl WalStreamer {
     }
 }
 
+/// pg_receivewal's output, in the spool (pg_receivewal ignores what is not WAL).
+const LOG: &str = "pg_receivewal.log";
+/// Where segments the new primary does not have are set aside, in the spool.
+const DIVERGED: &str = "diverged";
+
+/// An error writing `path` that names it and, when it was refused, the user who was refused.
+fn writing(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| {
+        let source = if source.kind() == std::io::ErrorKind::PermissionDenied {
+            let uid = nix::unistd::geteuid();
+            let user = nix::unistd::User::from_uid(uid)
+                .ok()
+                .flatten()
+                .map_or_else(|| format!("uid {uid}"), |u| u.name);
+            std::io::Error::new(
+                source.kind(),
+                format!("{source}: the user {user} may not write here; give it the directory (chown) or choose one it owns"),
+            )
+        } else {
+            source
+        };
+        Error::Io { path, source }
+    }
+}
+
 /// For a finished segment's name (24 hex digits), its order: position, then timeline.
 fn segment_order(name: &str) -> Option<(&str, &str)> {
     (name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -294,4 +326,24 @@ fn segment_order(name: &str) -> Option<(&str, &str)> {
 async fn store_file(repo: &Repo, system: &str, path: &Path, name: &str) -> Result<()> {
     let data = tokio::fs::read(path).await.map_err(Error::io(path))?;
     wal_store(repo, system, name, data, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_refused_write_names_the_path_and_the_user() {
+        let e = super::writing(std::path::Path::new("/srv/spool/pg_receivewal.log"))(
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        );
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let text = e.to_string();
+        assert!(
+            text.starts_with("/srv/spool/pg_receivewal.log: permission denied: ")
+                && text.contains(&format!("the user {user} may not write here")),
+            "{text}"
+        );
+    }
 }

@@ -78,6 +78,13 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
         0,
         "the rows are in an unfinished segment"
     );
+    // Everything the streamer wrote is inside its spool: nothing beside it.
+    let beside: Vec<String> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("spool") && n != "spool")
+        .collect();
+    assert!(beside.is_empty(), "written beside the spool: {beside:?}");
+    assert!(dir.path().join("spool/pg_receivewal.log").is_file());
 
     let to = dir.path().join("restored");
     let summary = restore_pitr(
