@@ -286,6 +286,17 @@ pub struct RestoreArgs {
     /// Restore only this path of the snapshot.
     #[arg(long)]
     path: Option<String>,
+    /// PostgreSQL: start the restored server and wait until it has replayed to the target
+    /// and accepts writes; it keeps running (stop it with pg_ctl stop -D DIR).
+    #[arg(long)]
+    start: bool,
+    /// With --start: the port it listens on (default: a free one).
+    #[arg(long, requires = "start")]
+    port: Option<u16>,
+    /// With --start, as root: the OS user that runs it (default: the owner of the restored
+    /// files).
+    #[arg(long, requires = "start")]
+    os_user: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -697,12 +708,13 @@ fn describe_copy(r: &crate::copy::CopyReport, to: &str) -> String {
 fn describe_test(t: &TestRecord) -> String {
     match &t.error {
         None => format!(
-            "restore test of {} passed at {}: base backup {} restored in {:.1} s, started in {:.1} s, query gave {} row(s); {:.1} s in all",
+            "restore test of {} passed at {}: base backup {} restored in {:.1} s, accepting connections after {:.1} s, WAL replayed and promoted after {:.1} s, query gave {} row(s); {:.1} s in all",
             t.source,
             short_time(t.time),
             t.base_snapshot.get(..8).unwrap_or("?"),
             t.restore_s,
             t.start_s,
+            t.replay_s,
             t.rows,
             t.total_s
         ),
@@ -811,9 +823,9 @@ async fn run_restore(args: RestoreArgs, config: Option<&BackupConfig>) -> Result
     if args.snapshot == "postgres" {
         return restore_postgres(&r, args).await;
     }
-    if args.at.is_some() || args.lsn.is_some() {
+    if args.at.is_some() || args.lsn.is_some() || args.start {
         return Err(Error::Invalid(
-            "--at and --lsn apply to `lifeboat restore postgres` only".into(),
+            "--at, --lsn and --start apply to `lifeboat restore postgres` only".into(),
         ));
     }
     if args.snapshot == "group" {
@@ -890,8 +902,13 @@ async fn restore_postgres(r: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         base: args.base.as_deref(),
     };
     let s = restore_pitr(r, target, pick, &args.to, &args.repo.progress()).await?;
+    let started = if args.start {
+        Some(start_restored(&args).await?)
+    } else {
+        None
+    };
     if args.repo.json {
-        print_json(&s);
+        print_json(&serde_json::json!({ "restore": s, "started": started }));
     } else {
         println!(
             "restored base backup {} (ended {}) and {} WAL file(s) ({}) to {} in {:.1} s",
@@ -903,12 +920,71 @@ async fn restore_postgres(r: &Repo, args: RestoreArgs) -> Result<ExitCode> {
             s.duration_s
         );
         println!("recovery settings: {}", s.recovery_settings.join("; "));
-        println!(
-            "start it (as its owner) with: pg_ctl start -D {}",
-            args.to.display()
-        );
+        match &started {
+            Some(st) => println!(
+                "started on port {}: accepting connections after {:.2} s, WAL replayed to the target and promoted after {:.2} s; stop it with: pg_ctl stop -D {}",
+                st.port,
+                st.accepting_s,
+                st.promoted_s,
+                args.to.display()
+            ),
+            None => println!(
+                "start it (as its owner) with: pg_ctl start -D {}",
+                args.to.display()
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--start`: the restored server on its port, run by the owner of its files (as root), and
+/// how long until it accepted connections and until it finished replaying.
+async fn start_restored(args: &RestoreArgs) -> Result<crate::restore_test::Started> {
+    use std::os::unix::fs::MetadataExt;
+    let port = match args.port {
+        Some(p) => p,
+        None => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::io(&args.to))?
+            .port(),
+    };
+    let os_user = if nix::unistd::geteuid().is_root() {
+        Some(match &args.os_user {
+            Some(u) => u.clone(),
+            None => {
+                let uid = std::fs::metadata(args.to.join("PG_VERSION"))
+                    .map_err(Error::io(&args.to))?
+                    .uid();
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "the restored files belong to uid {uid}, which has no user here; name one with --os-user"
+                        ))
+                    })?
+            }
+        })
+    } else {
+        None
+    };
+    let server = lifeboat_postgres::LocalServer {
+        bin_dir: lifeboat_postgres::LocalServer::find_bin_dir()
+            .map_err(|e| Error::Invalid(e.to_string()))?,
+        data_dir: args.to.clone(),
+        os_user,
+        port,
+    };
+    // Its superuser, over loopback; a password, when its pg_hba.conf wants one, from PGPASSWORD.
+    let login = lifeboat_postgres::ConnInfo {
+        host: "127.0.0.1".into(),
+        port,
+        user: "postgres".into(),
+        dbname: "postgres".into(),
+        password: std::env::var("PGPASSWORD").ok(),
+    };
+    crate::restore_test::start_restored(&server, &login, std::time::Duration::from_secs(3600)).await
 }
 
 /// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fraction]` taken as UTC.

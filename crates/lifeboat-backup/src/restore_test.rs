@@ -33,8 +33,12 @@ pub struct TestRecord {
     /// Rows the query returned.
     pub rows: usize,
     pub restore_s: f64,
-    /// From `pg_ctl start` until the server answered (WAL replay included).
+    /// From `pg_ctl start` until the server accepted connections.
     pub start_s: f64,
+    /// From `pg_ctl start` until the WAL was replayed to the target and the server promoted
+    /// (0 in records written before this was measured).
+    #[serde(default)]
+    pub replay_s: f64,
     pub total_s: f64,
 }
 
@@ -50,6 +54,7 @@ impl TestRecord {
             rows: 0,
             restore_s: 0.0,
             start_s: 0.0,
+            replay_s: 0.0,
             total_s: 0.0,
         }
     }
@@ -128,18 +133,16 @@ async fn query_restored(dir: &Path, spec: &TestSpec<'_>, record: &mut TestRecord
             .then(|| spec.os_user.to_string()),
         port,
     };
-    let starting = Instant::now();
-    server
-        .start(Duration::from_secs(300))
-        .await
-        .map_err(|e| fail("starting PostgreSQL", e.to_string()))?;
-    record.start_s = starting.elapsed().as_secs_f64();
     let login = ConnInfo {
         host: "127.0.0.1".into(),
         port,
         ..spec.login.clone()
     };
+    let started = start_restored(&server, &login, Duration::from_secs(300)).await;
     let rows = async {
+        let started = started?;
+        record.start_s = started.accepting_s;
+        record.replay_s = started.promoted_s;
         // The connection ends with the client, at the end of this block.
         let client = lifeboat_postgres::connect_str(
             &login.to_libpq(Some("lifeboat-restore-test")),
@@ -167,6 +170,65 @@ async fn query_restored(dir: &Path, spec: &TestSpec<'_>, record: &mut TestRecord
     .await;
     let _ = server.stop(StopMode::Fast, Duration::from_secs(60)).await;
     rows
+}
+
+/// How a restored server came up.
+#[derive(Clone, Debug, Serialize)]
+pub struct Started {
+    pub port: u16,
+    /// From `pg_ctl start` until it accepted connections.
+    pub accepting_s: f64,
+    /// From `pg_ctl start` until it had replayed the WAL to the target and promoted.
+    pub promoted_s: f64,
+}
+
+/// Starts the restored data directory of `server` and waits, at most `limit`, until it
+/// accepts connections, then until its recovery ends (`pg_is_in_recovery()` false: the WAL
+/// replayed to the target and the server promoted), connecting as `login`.
+pub async fn start_restored(
+    server: &LocalServer,
+    login: &ConnInfo,
+    limit: Duration,
+) -> Result<Started> {
+    let fail = |what: &str, e: String| Error::Command {
+        what: format!("starting the restored server: {what}"),
+        detail: e,
+    };
+    let starting = Instant::now();
+    server
+        .start(limit)
+        .await
+        .map_err(|e| fail("pg_ctl start", e.to_string()))?;
+    let accepting_s = starting.elapsed().as_secs_f64();
+    let client =
+        lifeboat_postgres::connect_str(&login.to_libpq(Some("lifeboat-restore")), CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| pg_error("starting the restored server: connecting", e))?;
+    loop {
+        let row = lifeboat_postgres::within(
+            "pg_is_in_recovery()",
+            &login.to_string(),
+            CONNECT_TIMEOUT,
+            client.query_one("SELECT pg_is_in_recovery()", &[]),
+        )
+        .await
+        .map_err(|e| pg_error("starting the restored server", e))?;
+        if !row.get::<_, bool>(0) {
+            break;
+        }
+        if starting.elapsed() > limit {
+            return Err(fail(
+                "recovery",
+                format!("still replaying WAL after {limit:?}; it goes on in the background"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Started {
+        port: server.port,
+        accepting_s,
+        promoted_s: starting.elapsed().as_secs_f64(),
+    })
 }
 
 /// Every test record, oldest first.

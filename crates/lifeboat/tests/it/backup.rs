@@ -448,6 +448,48 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     restored_as_pg_ctl_wants(&to)?;
     let n = PgCluster::query_restored(&dir, "latest", "SELECT count(*)::text FROM t").await?;
     assert_eq!(n, "6", "every archived row");
+
+    // --start: the restored server runs on the port given, replayed and promoted.
+    let port = lifeboat_testkit::free_port()?;
+    let to = dir.path().join("started");
+    let out = ok(lb(
+        repo,
+        &[],
+        &["restore", "postgres", "--json", "--start", "--port"],
+    )
+    .arg(port.to_string())
+    .arg("--to")
+    .arg(&to)
+    .output()?)?;
+    let started = json(&out)?["started"].clone();
+    assert_eq!(started["port"], port);
+    let (accepting, promoted) = (
+        started["accepting_s"].as_f64().unwrap(),
+        started["promoted_s"].as_f64().unwrap(),
+    );
+    assert!(accepting > 0.0 && promoted >= accepting, "{started}");
+    let server = lifeboat_postgres::LocalServer {
+        bin_dir: lifeboat_postgres::LocalServer::find_bin_dir()?,
+        data_dir: to.clone(),
+        os_user: nix::unistd::geteuid()
+            .is_root()
+            .then(|| "postgres".to_owned()),
+        port,
+    };
+    let conn = lifeboat_postgres::ConnInfo {
+        port,
+        ..pg.conninfo()
+    };
+    let c = lifeboat_postgres::connect_str(&conn.to_libpq(None), Duration::from_secs(5)).await?;
+    let row = c
+        .query_one("SELECT count(*)::text, pg_is_in_recovery() FROM t", &[])
+        .await?;
+    assert_eq!(row.get::<_, String>(0), "6");
+    assert!(!row.get::<_, bool>(1), "promoted: it takes writes");
+    drop(c);
+    server
+        .stop(lifeboat_postgres::StopMode::Fast, Duration::from_secs(30))
+        .await?;
     // The same restore run by the postgres user (as an operator on a database host would):
     // the data directory is 0700 too, which `pg_ctl start` needs.
     if nix::unistd::geteuid().is_root() {

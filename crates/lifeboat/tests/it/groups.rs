@@ -315,6 +315,20 @@ scratch-dir = "{scratch}"
         "{}",
         stdout(&v)
     );
+    // It measures the WAL replay too: accepting connections, then replayed and promoted.
+    let line = stdout(&v);
+    let secs = |after: &str| -> f64 {
+        let i = line
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} in {line}"))
+            + after.len();
+        line[i..].split(' ').next().unwrap().parse().unwrap()
+    };
+    let (accepting, promoted) = (
+        secs("accepting connections after "),
+        secs("WAL replayed and promoted after "),
+    );
+    assert!(promoted >= accepting, "{line}");
     let tests = stdout(&ok(with_config(
         cfg,
         &["backup", "list", "--repo", "main", "--tests"],
