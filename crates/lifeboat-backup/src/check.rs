@@ -12,7 +12,7 @@ use crate::repo::{Repo, PACKS_IN_FLIGHT};
 use crate::restorer::for_each_node;
 use crate::snapshot::{format_time, Snapshot};
 use futures::StreamExt;
-use lifeboat_postgres::parse_lsn;
+use lifeboat_postgres::{parse_lsn, parse_wal_file_name, wal_file_name};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 #[derive(Debug, Default, serde::Serialize)]
@@ -243,12 +243,42 @@ async fn verify_wal(
     for (system, (size, from)) in &clusters {
         let prefix = format!("wal/{system}/");
         let names = listed.iter().filter_map(|l| l.key.strip_prefix(&prefix));
-        let stored = stored_segments(names, *size);
+        let names: Vec<&str> = names.collect();
+        let stored = stored_segments(names.iter().copied(), *size);
         report.wal_files += stored.len();
         if let Some((&last, _)) = stored.last_key_value() {
             for gap in wal_gaps(&stored, *from, last, *size) {
                 report.errors.push(format!(
                     "WAL of database {system}: {gap} missing; no point-in-time restore past it from the base backups before it"
+                ));
+            }
+        }
+        // A lost tail: the archive once reached further than what is stored now.
+        if let Some(end) = crate::postgres::wal_end(repo, system).await? {
+            let reached = parse_wal_file_name(&end.name, *size);
+            let last = stored.last_key_value().map(|(s, _)| *s);
+            if let Some((tli, _)) = reached.filter(|(_, seg)| last.is_none_or(|l| *seg > l)) {
+                let first = last.map_or(*from, |l| l + 1);
+                let name = |seg: u64| wal_file_name(tli, seg, *size);
+                report.errors.push(format!(
+                    "WAL of database {system}: the archive reached {} (recorded {}), but its newest segment now is {}; {}..{} are missing, and a point-in-time restore stops before them",
+                    end.name,
+                    format_time(end.at),
+                    last.map_or("none".to_owned(), &name),
+                    name(first),
+                    end.name
+                ));
+            }
+        }
+        // A timeline without its history file: a restore cannot follow the switch to it.
+        let timelines: BTreeSet<u32> = stored.values().copied().collect();
+        for tli in timelines.into_iter().filter(|t| *t > 1) {
+            let history = format!("{tli:08X}.history");
+            if !names.contains(&history.as_str()) {
+                let first = stored.iter().find(|(_, t)| **t == tli).map(|(s, _)| *s);
+                report.errors.push(format!(
+                    "WAL of database {system}: {history} is missing; segments of timeline {tli} (from {}) cannot be replayed without it",
+                    first.map_or("?".to_owned(), |s| wal_file_name(tli, s, *size))
                 ));
             }
         }

@@ -195,6 +195,11 @@ async fn copy_wal(from: &Repo, to: &Repo, system: &str, report: &mut CopyReport)
         report.wal_files_sent += 1;
         report.bytes_sent += n?;
     }
+    // The recorded end goes last, once every segment it vouches for is there.
+    let end = crate::postgres::wal_end_key(system);
+    if let Some(bytes) = from.storage.get(&end).await? {
+        to.storage.put(&end, bytes.to_vec()).await?;
+    }
     Ok(())
 }
 

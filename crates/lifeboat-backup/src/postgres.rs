@@ -373,7 +373,62 @@ pub async fn wal_store(
     let sealed = tokio::task::spawn_blocking(move || key_copy.seal(&data, 3))
         .await
         .expect("seal task");
-    repo.storage.put(&key, sealed).await
+    repo.storage.put(&key, sealed).await?;
+    if name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        raise_wal_end(repo, system, name).await?;
+    }
+    Ok(())
+}
+
+/// How far a cluster's WAL archive has reached: its newest finished segment, recorded after
+/// that segment is stored, so that verify tells a lost tail (the newest segments gone) from an
+/// archive that simply ends there.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct WalEnd {
+    /// The newest finished segment stored.
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+}
+
+pub fn wal_end_key(system: &str) -> String {
+    format!("walend/{system}")
+}
+
+/// The recorded end of `system`'s WAL archive, if any.
+pub async fn wal_end(repo: &Repo, system: &str) -> Result<Option<WalEnd>> {
+    match repo.storage.get(&wal_end_key(system)).await? {
+        None => Ok(None),
+        Some(sealed) => {
+            let plain = repo.key.open_unbounded(&sealed)?;
+            Ok(Some(serde_json::from_slice(&plain).map_err(|e| {
+                Error::corrupt(format!("{}: {e}", wal_end_key(system)))
+            })?))
+        }
+    }
+}
+
+/// Position order of a WAL file name: log and segment, then timeline.
+fn wal_position(name: &str) -> (&str, &str) {
+    (&name[8..], &name[..8])
+}
+
+/// Moves the recorded end to `name` when it is newer. Two writers may race; the loser can
+/// only leave the end behind (never ahead of what is stored), which hides a lost tail at most
+/// until the next segment.
+async fn raise_wal_end(repo: &Repo, system: &str, name: &str) -> Result<()> {
+    if let Some(end) = wal_end(repo, system).await? {
+        if end.name.len() == 24 && wal_position(&end.name) >= wal_position(name) {
+            return Ok(());
+        }
+    }
+    let end = WalEnd {
+        name: name.to_owned(),
+        at: time::OffsetDateTime::now_utc(),
+    };
+    let plain = serde_json::to_vec(&end).map_err(|e| Error::Invalid(e.to_string()))?;
+    let sealed = repo.key.seal(&plain, 3);
+    repo.storage.put(&wal_end_key(system), sealed).await
 }
 
 /// `lifeboat wal fetch NAME PATH`: writes a WAL file where PostgreSQL asks. A segment that was

@@ -613,6 +613,25 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
         "{}",
         stderr(&out)
     );
+
+    // A lost tail: the archive verifies whole, then its newest segment goes. No hole shows
+    // it, the recorded end does.
+    ok(lb(repo, &[], &["backup", "verify"]).output()?)?;
+    let wal_dir = std::path::Path::new(repo).join("wal").join(system);
+    let mut segments: Vec<String> = std::fs::read_dir(&wal_dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.len() == 24)
+        .collect();
+    segments.sort_by_key(|n| n[8..].to_owned());
+    let newest = segments.last().context("archived segments")?;
+    std::fs::remove_file(wal_dir.join(newest))?;
+    let v = lb(repo, &[], &["backup", "verify"]).output()?;
+    assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
+    assert!(
+        stdout(&v).contains(&format!("the archive reached {newest} (recorded ")),
+        "{}",
+        stdout(&v)
+    );
     Ok(())
 }
 
@@ -792,6 +811,22 @@ async fn backups_and_continuous_wal_follow_the_primary_through_a_failover() -> R
         .output()?)?;
     let rows = PgCluster::query_restored(dir, "newest", sql).await?;
     assert_eq!(rows, "100 100", "from eu-west-1's base backup");
+
+    // The archive verifies across the timeline switch; without the new timeline's history
+    // file, verify says which file is missing and which segments need it.
+    ok(lb(repo, &[], &["backup", "verify"]).output()?)?;
+    let wal = std::fs::read_dir(std::path::Path::new(repo).join("wal"))?
+        .next()
+        .context("a cluster's WAL")??
+        .path();
+    std::fs::remove_file(wal.join("00000002.history"))?;
+    let v = lb(repo, &[], &["backup", "verify"]).output()?;
+    assert_eq!(v.status.code(), Some(1), "{}", stdout(&v));
+    assert!(
+        stdout(&v).contains("00000002.history is missing; segments of timeline 2 (from 00000002"),
+        "{}",
+        stdout(&v)
+    );
     Ok(())
 }
 
