@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::{host, Repo};
-use crate::snapshot::{Node, NodeKind, Snapshot, SourceKind, Summary};
+use crate::snapshot::{escape, Node, NodeKind, Snapshot, SourceKind, Summary};
 use crate::writer::Writer;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -193,13 +193,16 @@ fn walk(roots: &[PathBuf]) -> Result<Vec<(Node, PathBuf)>> {
             }
             name
         };
-        visit(root, &prefix, &mut out)?;
+        visit(root, &prefix, false, &mut out)?;
     }
     out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     Ok(out)
 }
 
-fn visit(path: &Path, rel: &str, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
+/// `rel` is the node's path in the snapshot; `escaped`: it is in [`escape`]d form, because a
+/// name on the way is not UTF-8.
+fn visit(path: &Path, rel: &str, escaped: bool, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
     let md = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -216,19 +219,32 @@ fn visit(path: &Path, rel: &str, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
         tracing::warn!(path = %path.display(), "skipping a special file (socket, fifo or device)");
         return Ok(());
     };
-    let target = if kind == NodeKind::Symlink {
-        Some(
-            std::fs::read_link(path)
-                .map_err(Error::io(path))?
-                .to_string_lossy()
-                .into_owned(),
-        )
+    let link = if kind == NodeKind::Symlink {
+        Some(std::fs::read_link(path).map_err(Error::io(path))?)
     } else {
         None
     };
+    // A target that is not UTF-8 is escaped, and then so is the path (one flag says both).
+    let link_escaped = link
+        .as_ref()
+        .is_some_and(|l| std::str::from_utf8(l.as_os_str().as_bytes()).is_err());
+    let node_escaped = escaped || link_escaped;
+    let target = link.map(|l| {
+        let b = l.as_os_str().as_bytes();
+        if node_escaped {
+            escape(b)
+        } else {
+            String::from_utf8_lossy(b).into_owned()
+        }
+    });
+    let node_path = if node_escaped && !escaped {
+        escape(rel.as_bytes())
+    } else {
+        rel.to_string()
+    };
     out.push((
         Node {
-            path: rel.to_string(),
+            path: node_path,
             kind,
             mode: md.mode() & 0o7777,
             uid: md.uid(),
@@ -239,6 +255,7 @@ fn visit(path: &Path, rel: &str, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
             inode: md.ino(),
             target,
             chunks: Vec::new(),
+            escaped: node_escaped,
         },
         path.to_path_buf(),
     ));
@@ -250,13 +267,24 @@ fn visit(path: &Path, rel: &str, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
         };
         for e in entries {
             let e = e.map_err(Error::io(path))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let child = if rel.is_empty() {
+            let raw = e.file_name();
+            // Names that are not UTF-8 (and, below them, every name) are stored escaped, so
+            // that they come back byte for byte.
+            let (name, child_escaped) = match (escaped, raw.to_str()) {
+                (false, Some(n)) => (n.to_owned(), false),
+                _ => (escape(raw.as_bytes()), true),
+            };
+            let parent = if child_escaped && !escaped {
+                escape(rel.as_bytes())
+            } else {
+                rel.to_owned()
+            };
+            let child = if parent.is_empty() {
                 name
             } else {
-                format!("{rel}/{name}")
+                format!("{parent}/{name}")
             };
-            visit(&e.path(), &child, out)?;
+            visit(&e.path(), &child, child_escaped, out)?;
         }
     }
     Ok(())

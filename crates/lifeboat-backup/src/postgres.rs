@@ -139,6 +139,7 @@ pub async fn base_backup(
         inode: 0,
         target: None,
         chunks,
+        escaped: false,
     };
     let summary = Summary {
         files: 1,

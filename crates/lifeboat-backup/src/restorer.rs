@@ -154,7 +154,7 @@ pub async fn restore(
             }
         }
     }
-    let paths = nodes.iter().map(|n| target(to, &n.path)).collect();
+    let paths = nodes.iter().map(|n| n.path_under(to)).collect();
     let plan = Arc::new(Plan {
         nodes,
         paths,
@@ -172,8 +172,7 @@ pub async fn restore(
                 NodeKind::Dir => std::fs::create_dir_all(path).map_err(Error::io(path))?,
                 NodeKind::Symlink => {
                     let _ = std::fs::remove_file(path);
-                    let t = n.target.as_deref().unwrap_or_default();
-                    std::os::unix::fs::symlink(t, path).map_err(Error::io(path))?;
+                    std::os::unix::fs::symlink(n.link_target(), path).map_err(Error::io(path))?;
                 }
                 NodeKind::File if !p.single_pack[i] => {
                     let f = std::fs::File::create(path).map_err(Error::io(path))?;
@@ -239,14 +238,6 @@ pub async fn restore(
     summary.duration_s = started.elapsed().as_secs_f64();
     lock.release().await?;
     Ok(summary)
-}
-
-fn target(to: &Path, rel: &str) -> PathBuf {
-    if rel.is_empty() {
-        to.to_path_buf()
-    } else {
-        to.join(rel)
-    }
 }
 
 async fn restore_pack(

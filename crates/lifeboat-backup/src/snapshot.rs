@@ -96,6 +96,78 @@ pub struct Node {
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<Id>,
+    /// `path` and `target` are escaped (see [`escape`]): a name on the way, or the link's
+    /// target, is not UTF-8. Absent for the rest, so their records read as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escaped: bool,
+}
+
+/// A name as stored when it is not all UTF-8: valid text as is, `\` doubled, every byte that
+/// is not part of valid UTF-8 as `\xNN`. [`unescape`] gives the exact bytes back.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The bytes [`escape`] was given.
+pub fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'\\') {
+                out.push(b'\\');
+                i += 2;
+                continue;
+            }
+            if b.get(i + 1) == Some(&b'x') {
+                if let Some(v) = s
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(v);
+                    i += 4;
+                    continue;
+                }
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+impl Node {
+    /// Where this node goes under `to`, with its exact bytes.
+    pub fn path_under(&self, to: &std::path::Path) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStringExt;
+        if self.path.is_empty() {
+            return to.to_path_buf();
+        }
+        if self.escaped {
+            to.join(std::ffi::OsString::from_vec(unescape(&self.path)))
+        } else {
+            to.join(&self.path)
+        }
+    }
+
+    /// A symlink's target, with its exact bytes.
+    pub fn link_target(&self) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStringExt;
+        let t = self.target.as_deref().unwrap_or_default();
+        if self.escaped {
+            std::ffi::OsString::from_vec(unescape(t)).into()
+        } else {
+            t.into()
+        }
+    }
 }
 
 impl Node {
@@ -134,4 +206,34 @@ pub fn format_time(t: OffsetDateTime) -> String {
 pub fn short_time(t: OffsetDateTime) -> String {
     let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     t.format(&f).expect("time formats")
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::{escape, unescape};
+
+    #[test]
+    fn escaping_gives_back_every_byte_string() {
+        let cases: &[&[u8]] = &[
+            b"",
+            b"plain",
+            b"caf\xe9",
+            b"\xff\xfe\\x41\\\\",
+            b"a\\xZZ",
+            "h\u{e9}llo \u{1F600}".as_bytes(),
+            b"\xe2\x82",
+            b"tail\\",
+        ];
+        for c in cases {
+            assert_eq!(unescape(&escape(c)), *c, "{:?} -> {:?}", c, escape(c));
+        }
+        assert_eq!(escape(b"caf\xe9/x"), "caf\\xE9/x");
+        // Every byte value, and pairs of them.
+        for a in 0..=255u8 {
+            for b in [0u8, b'\\', b'x', 0x80, 0xff] {
+                let v = [a, b, b'4', b'1'];
+                assert_eq!(unescape(&escape(&v)), v);
+            }
+        }
+    }
 }

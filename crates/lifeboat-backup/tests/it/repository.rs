@@ -342,3 +342,52 @@ async fn a_copy_to_a_second_repository_sends_only_what_it_lacks() -> Result<()> 
     assert!(e.to_string().contains("do not share keys"), "{e}");
     Ok(())
 }
+
+/// Names that are not UTF-8 (a file, a directory and what is under it, a link's target) and
+/// names holding what the escaping uses (`\`, `\x41`) come back byte for byte.
+#[tokio::test]
+async fn names_that_are_not_utf8_come_back_byte_for_byte() -> Result<()> {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src)?;
+    let latin1 = OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::write(src.join(latin1), b"latin-1 name")?;
+    let dir = src.join(OsStr::from_bytes(b"dir-\xff"));
+    std::fs::create_dir(&dir)?;
+    std::fs::write(dir.join("inner\\x41.txt"), b"under a non-UTF-8 directory")?;
+    std::fs::write(src.join("back\\slash"), b"valid, with a backslash")?;
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"target-\xfe"), src.join("link"))?;
+    let repo = new_repo(tmp.path()).await?;
+    let (_, snap) = backup(&repo, &src, "full").await?;
+
+    let out = tmp.path().join("out");
+    let s = restore(&repo, &snap, &out, None, &Progress::hidden()).await?;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(std::fs::read(out.join(latin1))?, b"latin-1 name");
+    let inner = out
+        .join(OsStr::from_bytes(b"dir-\xff"))
+        .join("inner\\x41.txt");
+    assert_eq!(std::fs::read(inner)?, b"under a non-UTF-8 directory");
+    assert_eq!(
+        std::fs::read(out.join("back\\slash"))?,
+        b"valid, with a backslash"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link"))?
+            .into_os_string()
+            .into_vec(),
+        b"target-\xfe"
+    );
+    let mut names: Vec<Vec<u8>> = std::fs::read_dir(&out)?
+        .map(|e| e.map(|e| e.file_name().into_vec()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    let mut want: Vec<Vec<u8>> = std::fs::read_dir(&src)?
+        .map(|e| e.map(|e| e.file_name().into_vec()))
+        .collect::<Result<_, _>>()?;
+    want.sort();
+    assert_eq!(names, want);
+    Ok(())
+}
