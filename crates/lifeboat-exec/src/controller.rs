@@ -130,10 +130,10 @@ pub struct Controller {
     metrics: Arc<Metrics>,
     /// Conditions seen, and which of them lasted long enough to be raised.
     risks: Risks,
-    /// Since when the service has been healthy (its primary up and routed to), for
-    /// resolving its incidents.
-    healthy_since: Option<Millis>,
-    next_resolve_check: Millis,
+    /// Since when the service has been healthy (its primary up and routed to, no plan since),
+    /// and whether its incidents were resolved in this stretch (they are, once, after
+    /// `resolve-after`; an incident opens only with a plan, which ends the stretch).
+    healthy_since: Option<(Millis, bool)>,
 }
 
 impl Controller {
@@ -226,7 +226,6 @@ impl Controller {
             metrics,
             risks,
             healthy_since: None,
-            next_resolve_check: Millis(0),
         })
     }
 
@@ -424,6 +423,8 @@ impl Controller {
     }
 
     async fn execute(&mut self, plan: &lifeboat_core::Plan, at: Millis) -> Execution {
+        // A healthy stretch that resolves incidents starts after the last plan.
+        self.healthy_since = None;
         self.publish(&[format!("executing {}", plan.kind.as_str())]);
         let last_ok = plan
             .old_primary
@@ -564,12 +565,12 @@ impl Controller {
             self.healthy_since = None;
             return;
         }
-        let since = *self.healthy_since.get_or_insert(at);
-        let after = inc.resolve_after.get().as_millis() as u64;
-        if at.since(since) < after || at < self.next_resolve_check {
+        let (since, resolved) = self.healthy_since.get_or_insert((at, false));
+        let since = *since;
+        if *resolved || at.since(since) < inc.resolve_after.get().as_millis() as u64 {
             return;
         }
-        self.next_resolve_check = at.plus_ms(1000);
+        *resolved = true;
         let Ok(open) = self.store.unresolved_incidents() else {
             return;
         };
