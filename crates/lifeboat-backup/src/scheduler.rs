@@ -391,59 +391,52 @@ impl Scheduler {
         })
     }
 
-    /// Keeps the age and RPO gauges current.
+    /// Keeps the age and RPO gauges current, and tells when a tier's source grows older than
+    /// the tier's RPO (measured from its newest snapshot, or from the start when it has none
+    /// yet) and when it is fresh again.
     async fn age_worker(&self, wal: Arc<WalStatus>, cancel: CancellationToken) {
         let mut stale = std::collections::BTreeSet::new();
         let started = unix_now();
         while !cancel.is_cancelled() {
             let now = unix_now();
+            let newest = self.newest.lock().expect("newest").clone();
+            for ((source, tier), (t, rpo)) in &newest {
+                let l = labels(source, tier);
+                self.metrics.last_success.get_or_create(&l).set(*t);
+                self.metrics.age.get_or_create(&l).set(now - t);
+                self.metrics
+                    .rpo_exceeded
+                    .get_or_create(&l)
+                    .set(i64::from(now - t > rpo.as_secs_f64()));
+            }
             let mut events = Vec::new();
-            // A tier that has not produced a snapshot of a source since the start is as stale
-            // as one whose snapshot grew old.
             for (tier, cfg) in self
                 .backup
                 .tiers
                 .iter()
                 .filter(|(_, t)| t.kind != TierKind::Copy)
             {
-                let rpo = cfg.rpo().get().as_secs_f64();
+                let rpo_s = cfg.rpo().get().as_secs_f64();
                 for source in &cfg.sources {
                     let key = (source.clone(), tier.clone());
-                    let none = !self.newest.lock().expect("newest").contains_key(&key);
-                    if none && now - started > rpo && stale.insert(key) {
-                        events.push(BackupEvent::Stale {
+                    let last = newest.get(&key).map(|(t, _)| *t);
+                    let age_s = now - last.unwrap_or(started);
+                    if age_s > rpo_s {
+                        if stale.insert(key) {
+                            events.push(BackupEvent::Stale {
+                                source: source.clone(),
+                                tier: tier.clone(),
+                                age_s,
+                                rpo_s,
+                                none_yet: last.is_none(),
+                            });
+                        }
+                    } else if stale.remove(&key) {
+                        events.push(BackupEvent::Fresh {
                             source: source.clone(),
                             tier: tier.clone(),
-                            age_s: now - started,
-                            rpo_s: rpo,
-                            none_yet: true,
                         });
                     }
-                }
-            }
-            for ((source, tier), (t, rpo)) in self.newest.lock().expect("newest").iter() {
-                let l = labels(source, tier);
-                let exceeded = now - t > rpo.as_secs_f64();
-                self.metrics.last_success.get_or_create(&l).set(*t);
-                self.metrics.age.get_or_create(&l).set(now - t);
-                self.metrics
-                    .rpo_exceeded
-                    .get_or_create(&l)
-                    .set(i64::from(exceeded));
-                let key = (source.clone(), tier.clone());
-                if exceeded && stale.insert(key.clone()) {
-                    events.push(BackupEvent::Stale {
-                        source: source.clone(),
-                        tier: tier.clone(),
-                        age_s: now - t,
-                        rpo_s: rpo.as_secs_f64(),
-                        none_yet: false,
-                    });
-                } else if !exceeded && stale.remove(&key) {
-                    events.push(BackupEvent::Fresh {
-                        source: source.clone(),
-                        tier: tier.clone(),
-                    });
                 }
             }
             for e in events {
@@ -686,42 +679,39 @@ impl Scheduler {
             // Set when the result is: a timestamp above 0 says the success gauge holds a
             // result (before the first test it is 0, which is not a failure).
             m.restore_test_last.set(unix_now());
-            match result {
+            let failure = match &result {
                 Ok(r) => {
                     m.restore_test_duration.set(r.total_s);
                     m.restore_test_ok.set(i64::from(r.ok));
                     match &r.error {
                         None => {
                             info!(source = %t.source, seconds = r.total_s, rows = r.rows, base = %r.base_snapshot, "restore test passed");
-                            if std::mem::take(&mut failed) {
-                                self.tell(BackupEvent::RestoreTestPassed {
-                                    source: t.source.clone(),
-                                    seconds: r.total_s,
-                                });
-                            }
+                            None
                         }
                         Some(e) => {
                             warn!(source = %t.source, error = %e, "restore test failed");
-                            // Told when it starts failing, not at every failing run.
-                            if !std::mem::replace(&mut failed, true) {
-                                self.tell(BackupEvent::RestoreTestFailed {
-                                    source: t.source.clone(),
-                                    error: e.to_string(),
-                                });
-                            }
+                            Some(e.to_string())
                         }
                     }
                 }
                 Err(e) => {
                     m.restore_test_ok.set(0);
                     warn!(source = %t.source, error = %e, "restore test could not run");
-                    if !std::mem::replace(&mut failed, true) {
-                        self.tell(BackupEvent::RestoreTestFailed {
-                            source: t.source.clone(),
-                            error: format!("could not run: {e}"),
-                        });
-                    }
+                    Some(format!("could not run: {e}"))
                 }
+            };
+            // Told when it starts failing, and when it passes again; not at every run.
+            let was_failing = std::mem::replace(&mut failed, failure.is_some());
+            match (failure, &result) {
+                (Some(error), _) if !was_failing => self.tell(BackupEvent::RestoreTestFailed {
+                    source: t.source.clone(),
+                    error,
+                }),
+                (None, Ok(r)) if was_failing => self.tell(BackupEvent::RestoreTestPassed {
+                    source: t.source.clone(),
+                    seconds: r.total_s,
+                }),
+                _ => {}
             }
         }
     }
