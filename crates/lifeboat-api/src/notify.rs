@@ -6,18 +6,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use lifeboat_core::notice::StatusState;
-use lifeboat_core::Millis;
+use lifeboat_exec::executor::now;
 use lifeboat_exec::notify::{postmortem, set_state};
 use lifeboat_exec::Handle;
 use serde::Deserialize;
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn incident_id(id: &str) -> Result<i64, Response> {
     id.parse::<i64>().map_err(|_| {
@@ -109,7 +103,7 @@ pub(crate) async fn update(
         .collect();
     let title = format!("{first} (by {who})");
     let svc = store(&s).service(&inc.service);
-    let at = Millis(now_ms());
+    let at = now();
     let _ = svc.audit(at, &actor, &format!("incident {id} {state}"), message);
     if let Err(e) = set_state(&svc, id, &inc.kind, state, &title, message, &who, at) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
@@ -138,7 +132,7 @@ pub(crate) async fn postmortem(State(s): State<ApiState>, Path(id): Path<String>
 fn page(s: &ApiState) -> Result<lifeboat_exec::notify::status_page::StatusPage, Response> {
     let statuses: Vec<_> = s.services.iter().map(Handle::status).collect();
     s.pages
-        .build(&statuses, now_ms())
+        .build(&statuses, now().0)
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 

@@ -15,6 +15,7 @@ pub mod providers;
 pub mod router;
 pub mod service;
 pub mod status;
+pub mod text;
 
 pub use controller::{Controller, Event, Handle, Reply, Request};
 pub use drill::{Drilled, Drills};

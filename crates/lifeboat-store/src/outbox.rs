@@ -21,7 +21,7 @@ CREATE TABLE IF NOT EXISTS notices (
   kind TEXT NOT NULL, incident INTEGER, only_to TEXT, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS notify_cursor (
   notifier TEXT PRIMARY KEY, after INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-  first_try_ms INTEGER, next_ms INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+  next_ms INTEGER NOT NULL DEFAULT 0, last_error TEXT);
 CREATE TABLE IF NOT EXISTS deliveries (
   id INTEGER PRIMARY KEY, notifier TEXT NOT NULL, notice INTEGER NOT NULL, state TEXT NOT NULL,
   attempts INTEGER NOT NULL, at_ms INTEGER NOT NULL, error TEXT);
@@ -47,7 +47,6 @@ pub struct Cursor {
     pub after: i64,
     /// Failed attempts at the notice after it.
     pub attempts: u32,
-    pub first_try_ms: Option<u64>,
     pub next_ms: u64,
     pub last_error: Option<String>,
 }
@@ -89,24 +88,30 @@ impl Store {
         Ok(id)
     }
 
-    /// The notifier's cursor; a notifier seen for the first time starts after the newest
-    /// notice (it does not receive the history).
-    pub fn cursor(&self, notifier: &str) -> Result<Cursor, StoreError> {
+    /// Gives a notifier seen for the first time its cursor, after the newest notice (it does
+    /// not receive the history); a known one keeps its own.
+    pub fn start_cursor(&self, notifier: &str) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
                 "INSERT OR IGNORE INTO notify_cursor (notifier, after) SELECT ?1, coalesce(max(id), 0) FROM notices",
                 [notifier],
             )?;
+            Ok(())
+        })
+    }
+
+    /// The notifier's cursor ([`Store::start_cursor`] made it).
+    pub fn cursor(&self, notifier: &str) -> Result<Cursor, StoreError> {
+        self.with(|c| {
             Ok(c.query_row(
-                "SELECT after, attempts, first_try_ms, next_ms, last_error FROM notify_cursor WHERE notifier = ?1",
+                "SELECT after, attempts, next_ms, last_error FROM notify_cursor WHERE notifier = ?1",
                 [notifier],
                 |r| {
                     Ok(Cursor {
                         after: r.get(0)?,
                         attempts: r.get::<_, i64>(1)? as u32,
-                        first_try_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                        next_ms: r.get::<_, i64>(3)? as u64,
-                        last_error: r.get(4)?,
+                        next_ms: r.get::<_, i64>(2)? as u64,
+                        last_error: r.get(3)?,
                     })
                 },
             )?)
@@ -171,7 +176,7 @@ impl Store {
                 )?;
             }
             tx.execute(
-                "UPDATE notify_cursor SET after = ?2, attempts = 0, first_try_ms = NULL, next_ms = 0, last_error = NULL WHERE notifier = ?1",
+                "UPDATE notify_cursor SET after = ?2, attempts = 0, next_ms = 0, last_error = NULL WHERE notifier = ?1",
                 params![notifier, to],
             )?;
             tx.commit()?;
@@ -184,14 +189,13 @@ impl Store {
         &self,
         notifier: &str,
         attempts: u32,
-        first_try: Millis,
         next: Millis,
         error: &str,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             c.execute(
-                "UPDATE notify_cursor SET attempts = ?2, first_try_ms = ?3, next_ms = ?4, last_error = ?5 WHERE notifier = ?1",
-                params![notifier, attempts, first_try.0 as i64, next.0 as i64, error],
+                "UPDATE notify_cursor SET attempts = ?2, next_ms = ?3, last_error = ?4 WHERE notifier = ?1",
+                params![notifier, attempts, next.0 as i64, error],
             )?;
             Ok(())
         })
@@ -314,6 +318,7 @@ mod tests {
         let s = Store::open(dir.path()).unwrap().service("db");
         s.notice(&n("before"), None).unwrap();
         // A new notifier does not get the history.
+        s.start_cursor("hook").unwrap();
         assert_eq!(s.cursor("hook").unwrap().after, 1);
         let a = s.notice(&n("a"), None).unwrap();
         let t = s.notice(&n("test"), Some("other")).unwrap();
@@ -324,11 +329,12 @@ mod tests {
             [a, b],
             "a test message for another notifier is not ours"
         );
-        s.retry_at("hook", 1, Millis(5), Millis(50), "503").unwrap();
+        s.retry_at("hook", 1, Millis(50), "503").unwrap();
         s.settle("hook", a, &[(a, "sent")], 2, Millis(60), None)
             .unwrap();
         drop(s);
         let s = Store::open(dir.path()).unwrap().service("db");
+        s.start_cursor("hook").unwrap();
         let c = s.cursor("hook").unwrap();
         assert_eq!((c.after, c.attempts, c.last_error), (a, 0, None));
         assert_eq!(s.behind("hook", c.after).unwrap(), 1);

@@ -2,11 +2,9 @@
 //! and runs them until SIGTERM or SIGINT, then drains within a grace period.
 
 use anyhow::{Context, Result};
-use lifeboat_backup::scheduler::BackupEvent;
 use lifeboat_config::{Config, Loaded, ServiceKind};
-use lifeboat_core::notice::{Notice, NoticeKind, Severity};
 use lifeboat_exec::notify::status_page::StatusPages;
-use lifeboat_exec::notify::Notifiers;
+use lifeboat_exec::notify::{self, Notifiers};
 use lifeboat_exec::{Controller, Drilled, Drills, Handle, Metrics, Router, Service};
 use lifeboat_store::Store;
 use prometheus_client::registry::Registry;
@@ -223,7 +221,7 @@ pub async fn start(cfg: Config) -> Result<Running> {
                 pg.as_ref().and_then(|h| h.status().primary)
             }))
             .reporting(Arc::new(move |e| {
-                if let Err(err) = events.notice(&backup_notice(&c, e), None) {
+                if let Err(err) = events.notice(&notify::backup_notice(&c, e), None) {
                     warn!(error = %err, "could not record a backup notice");
                 }
             }));
@@ -235,71 +233,4 @@ pub async fn start(cfg: Config) -> Result<Running> {
         cancel,
         tasks,
     })
-}
-
-/// The service a backup source belongs to: the PostgreSQL service it follows, or the one
-/// holding its node.
-fn service_of_source(cfg: &Config, source: &str) -> String {
-    let src = cfg.backup.as_ref().and_then(|b| b.sources.get(source));
-    let node = src.and_then(|s| s.postgres.as_deref());
-    cfg.services
-        .iter()
-        .find(|(_, sc)| match node {
-            Some(n) => sc.nodes().any(|(_, _, x)| x.name == n),
-            None => sc.kind == ServiceKind::Postgres,
-        })
-        .map_or_else(|| source.to_owned(), |(name, _)| name.clone())
-}
-
-/// A backup scheduler's event as a notice.
-fn backup_notice(cfg: &Config, e: BackupEvent) -> Notice {
-    let at = lifeboat_core::Millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    );
-    let notice = |kind, source: &str, key: String| {
-        Notice::new(
-            kind,
-            &service_of_source(cfg, source),
-            Severity::Warning,
-            key,
-        )
-        .at(at)
-        .detail("source", source)
-    };
-    match e {
-        BackupEvent::Stale {
-            source,
-            tier,
-            age_s,
-            rpo_s,
-            none_yet,
-        } => notice(NoticeKind::BackupStale, &source, format!("backup/{source}/{tier}"))
-            .title(if none_yet {
-                format!("backup {tier} of {source}: no snapshot in the {age_s:.0} s since Lifeboat started, past its RPO of {rpo_s:.0} s")
-            } else {
-                format!("backup {tier} of {source} is {age_s:.0} s old, older than its RPO of {rpo_s:.0} s")
-            })
-            .text("Restoring now would lose more than the tier allows. `lifeboat backup list` shows the snapshots; the daemon's log says why the last run failed.")
-            .detail("tier", &tier),
-        BackupEvent::Fresh { source, tier } => {
-            notice(NoticeKind::BackupFresh, &source, format!("backup/{source}/{tier}"))
-                .title(format!("backup {tier} of {source} is within its RPO again"))
-                .detail("tier", &tier)
-        }
-        BackupEvent::RestoreTestFailed { source, error } => notice(
-            NoticeKind::RestoreTestFailed,
-            &source,
-            format!("restore-test/{source}"),
-        )
-        .title(format!("the restore test of {source} failed"))
-        .text(error),
-        BackupEvent::RestoreTestPassed { source, seconds } => notice(
-            NoticeKind::RestoreTestPassed,
-            &source,
-            format!("restore-test/{source}"),
-        )
-        .title(format!("the restore test of {source} passed again ({seconds:.1} s)")),
-    }
 }

@@ -1,6 +1,7 @@
 //! A drill's report: kept as JSON in the store, rendered as Markdown for people and as an SVG
 //! chart of the canary's writes around the fault.
 
+use crate::text::escape_markup;
 use lifeboat_core::drill::{Record, Verdict, Write};
 use lifeboat_core::time::format_ms;
 use lifeboat_core::Millis;
@@ -240,9 +241,9 @@ impl Report {
         const B: f64 = 50.0;
         let mut s = format!(
             "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"{L}\" y=\"22\" font-size=\"15\">{} — run {} ({}): acknowledged writes</text>\n",
-            esc(&self.drill),
+            escape_markup(&self.drill),
             self.id,
-            esc(&self.status)
+            escape_markup(&self.status)
         );
         let Some(first) = self.writes.first() else {
             s.push_str("<text x=\"60\" y=\"150\">no canary writes were recorded</text>\n</svg>\n");
@@ -355,12 +356,6 @@ impl Report {
         s.push_str("</svg>\n");
         s
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// `2026-12-04 22:13:51`

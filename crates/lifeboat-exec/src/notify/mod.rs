@@ -14,8 +14,10 @@
 pub mod postmortem;
 pub mod status_page;
 
+use crate::executor::now;
 use crate::providers::{notifier, Answer, Notifier};
-use lifeboat_config::{Config, Route};
+use lifeboat_backup::scheduler::BackupEvent;
+use lifeboat_config::{Config, Route, ServiceKind};
 use lifeboat_core::notice::{
     backoff_ms, incident_key, Notice, NoticeKind, Severity, StatusState, TokenBucket,
 };
@@ -32,14 +34,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
-
-fn now() -> Millis {
-    Millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    )
-}
 
 /// First retry after about a second, doubling to at most five minutes.
 const RETRY_BASE_MS: u64 = 1000;
@@ -64,13 +58,6 @@ pub fn headline(n: &Notice) -> String {
 /// changes say those).
 pub fn for_people(n: &Notice) -> bool {
     n.kind != NoticeKind::IncidentStep || n.details.get("outcome").is_some_and(|o| o != "ok")
-}
-
-/// Escapes what Slack reads as markup (`<!channel>` would ping everyone).
-pub fn slack_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 pub fn rfc3339(at: Millis) -> String {
@@ -119,6 +106,69 @@ pub fn set_state(
     .detail("actor", actor);
     store.notice(&n, None)?;
     Ok(())
+}
+
+/// The service a backup source belongs to: the PostgreSQL service it follows, or the one
+/// holding its node.
+fn service_of_source(cfg: &Config, source: &str) -> String {
+    let src = cfg.backup.as_ref().and_then(|b| b.sources.get(source));
+    let node = src.and_then(|s| s.postgres.as_deref());
+    cfg.services
+        .iter()
+        .find(|(_, sc)| match node {
+            Some(n) => sc.nodes().any(|(_, _, x)| x.name == n),
+            None => sc.kind == ServiceKind::Postgres,
+        })
+        .map_or_else(|| source.to_owned(), |(name, _)| name.clone())
+}
+
+/// A backup scheduler's event as a notice.
+pub fn backup_notice(cfg: &Config, e: BackupEvent) -> Notice {
+    let at = now();
+    let notice = |kind, source: &str, key: String| {
+        Notice::new(
+            kind,
+            &service_of_source(cfg, source),
+            Severity::Warning,
+            key,
+        )
+        .at(at)
+        .detail("source", source)
+    };
+    match e {
+        BackupEvent::Stale {
+            source,
+            tier,
+            age_s,
+            rpo_s,
+            none_yet,
+        } => notice(NoticeKind::BackupStale, &source, format!("backup/{source}/{tier}"))
+            .title(if none_yet {
+                format!("backup {tier} of {source}: no snapshot in the {age_s:.0} s since Lifeboat started, past its RPO of {rpo_s:.0} s")
+            } else {
+                format!("backup {tier} of {source} is {age_s:.0} s old, older than its RPO of {rpo_s:.0} s")
+            })
+            .text("Restoring now would lose more than the tier allows. `lifeboat backup list` shows the snapshots; the daemon's log says why the last run failed.")
+            .detail("tier", &tier),
+        BackupEvent::Fresh { source, tier } => {
+            notice(NoticeKind::BackupFresh, &source, format!("backup/{source}/{tier}"))
+                .title(format!("backup {tier} of {source} is within its RPO again"))
+                .detail("tier", &tier)
+        }
+        BackupEvent::RestoreTestFailed { source, error } => notice(
+            NoticeKind::RestoreTestFailed,
+            &source,
+            format!("restore-test/{source}"),
+        )
+        .title(format!("the restore test of {source} failed"))
+        .text(error),
+        BackupEvent::RestoreTestPassed { source, seconds } => notice(
+            NoticeKind::RestoreTestPassed,
+            &source,
+            format!("restore-test/{source}"),
+        )
+        .title(format!("the restore test of {source} passed again ({seconds:.1} s)")),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -194,11 +244,15 @@ enum Next {
 }
 
 impl Notifiers {
-    /// Builds every channel of `[notify]`, reading its secrets: a channel that cannot be built
-    /// stops the daemon before it starts, with the reason.
+    /// Builds every channel of `[notify]`, reading its secrets, and gives each its cursor (a
+    /// channel seen for the first time starts after the newest notice): a channel that cannot
+    /// be built stops the daemon before it starts, with the reason.
     pub fn new(cfg: &Config, store: &Store, registry: &mut Registry) -> Result<Notifiers, String> {
         let mut channels = Vec::new();
         for (name, c) in &cfg.notify {
+            store
+                .start_cursor(name)
+                .map_err(|e| format!("notify.{name}: {e}"))?;
             channels.push(Arc::new(Channel {
                 name: name.clone(),
                 kind: c.kind(),
@@ -241,9 +295,6 @@ impl Notifiers {
     pub fn run(&self, tasks: &TaskTracker, cancel: &CancellationToken) {
         for c in &self.0.channels {
             let (inner, c, cancel) = (self.0.clone(), c.clone(), cancel.clone());
-            // Settle the cursor now: a channel seen for the first time starts after the
-            // newest notice, not at whatever is stored by the time it first looks.
-            let _ = inner.store.cursor(&c.name);
             tasks.spawn(async move { worker(inner, c, cancel).await });
         }
     }
@@ -307,15 +358,11 @@ async fn worker(inner: Arc<Inner>, c: Arc<Channel>, cancel: CancellationToken) {
     let mut throttled = false;
     loop {
         rx.borrow_and_update();
-        let next = tokio::select! {
+        let (next, after) = tokio::select! {
             _ = cancel.cancelled() => return,
             n = step(&inner, &c, &mut bucket, &mut throttled) => n,
         };
-        let pending = inner
-            .store
-            .cursor(&c.name)
-            .and_then(|cur| inner.store.behind(&c.name, cur.after));
-        if let Ok(p) = pending {
+        if let Some(Ok(p)) = after.map(|a| inner.store.behind(&c.name, a)) {
             inner
                 .metrics
                 .pending
@@ -343,7 +390,14 @@ async fn worker(inner: Arc<Inner>, c: Arc<Channel>, cancel: CancellationToken) {
     }
 }
 
-async fn step(inner: &Inner, c: &Channel, bucket: &mut TokenBucket, throttled: &mut bool) -> Next {
+/// One step of a channel's worker: what to do next, and where its cursor is now (for the
+/// pending gauge; `None` when the outbox could not be read or written).
+async fn step(
+    inner: &Inner,
+    c: &Channel,
+    bucket: &mut TokenBucket,
+    throttled: &mut bool,
+) -> (Next, Option<i64>) {
     let store = &inner.store;
     let outbox = store
         .cursor(&c.name)
@@ -352,11 +406,11 @@ async fn step(inner: &Inner, c: &Channel, bucket: &mut TokenBucket, throttled: &
         Ok(x) => x,
         Err(e) => {
             warn!(notifier = %c.name, error = %e, "reading the outbox");
-            return Next::Sleep(IDLE_POLL);
+            return (Next::Sleep(IDLE_POLL), None);
         }
     };
     let Some(last) = batch.last() else {
-        return Next::Idle;
+        return (Next::Idle, Some(cur.after));
     };
     // Move past what is not for this channel.
     let head = match batch.iter().position(|s| c.routed(s)) {
@@ -365,18 +419,19 @@ async fn step(inner: &Inner, c: &Channel, bucket: &mut TokenBucket, throttled: &
             let to = found.map_or(last.id, |i| batch[i - 1].id);
             if let Err(e) = store.settle(&c.name, to, &[], 0, now(), None) {
                 warn!(notifier = %c.name, error = %e, "moving the cursor");
-                return Next::Sleep(IDLE_POLL);
+                return (Next::Sleep(IDLE_POLL), None);
             }
-            return Next::Now;
+            return (Next::Now, Some(to));
         }
     };
     let t = now();
     if cur.next_ms > t.0 {
-        return Next::Sleep(Duration::from_millis(cur.next_ms - t.0));
+        let wait = Duration::from_millis(cur.next_ms - t.0);
+        return (Next::Sleep(wait), Some(cur.after));
     }
     if let Err(wait) = bucket.take(t) {
         *throttled = true;
-        return Next::Sleep(Duration::from_millis(wait));
+        return (Next::Sleep(Duration::from_millis(wait)), Some(cur.after));
     }
     let size = if std::mem::take(throttled) {
         c.provider.batch()
@@ -412,15 +467,18 @@ async fn step(inner: &Inner, c: &Channel, bucket: &mut TokenBucket, throttled: &
     let settled = match &answer {
         Answer::Ok(_) => {
             count("sent", group.len());
-            store.settle(&c.name, to, &ids("sent"), attempts, now(), None)
+            store
+                .settle(&c.name, to, &ids("sent"), attempts, now(), None)
+                .map(|_| to)
         }
         Answer::Failed(d) => {
             warn!(notifier = %c.name, notices = group.len(), error = %d, "the receiver refused a notice; it is recorded and not sent again");
             count("refused", group.len());
-            store.settle(&c.name, to, &ids("refused"), attempts, now(), Some(d))
+            store
+                .settle(&c.name, to, &ids("refused"), attempts, now(), Some(d))
+                .map(|_| to)
         }
         Answer::Unknown(d) | Answer::Unreached(d) => {
-            let first = cur.first_try_ms.map_or(t, Millis);
             let end = now();
             // A notice older than give-up-after is given up at its next failure (a page
             // about yesterday helps nobody); one that is delivered late is still delivered.
@@ -428,20 +486,26 @@ async fn step(inner: &Inner, c: &Channel, bucket: &mut TokenBucket, throttled: &
             if end.since(born) >= c.route.give_up_after.as_millis() as u64 {
                 warn!(notifier = %c.name, attempts, error = %d, "giving up a notice after give-up-after");
                 count("expired", group.len());
-                store.settle(&c.name, to, &ids("expired"), attempts, end, Some(d))
+                store
+                    .settle(&c.name, to, &ids("expired"), attempts, end, Some(d))
+                    .map(|_| to)
             } else {
                 let wait = backoff_ms(attempts, RETRY_BASE_MS, RETRY_CAP_MS, rand::random::<f64>());
                 if attempts == 1 || attempts.is_power_of_two() {
                     info!(notifier = %c.name, attempts, retry_in_ms = wait, error = %d, "delivery failed; retrying");
                 }
                 count("retried", 1);
-                store.retry_at(&c.name, attempts, first, end.plus_ms(wait), d)
+                store
+                    .retry_at(&c.name, attempts, end.plus_ms(wait), d)
+                    .map(|_| cur.after)
             }
         }
     };
-    if let Err(e) = settled {
-        warn!(notifier = %c.name, error = %e, "recording a delivery");
-        return Next::Sleep(IDLE_POLL);
+    match settled {
+        Ok(after) => (Next::Now, Some(after)),
+        Err(e) => {
+            warn!(notifier = %c.name, error = %e, "recording a delivery");
+            (Next::Sleep(IDLE_POLL), None)
+        }
     }
-    Next::Now
 }

@@ -3,6 +3,7 @@
 //! built from what Lifeboat already shows at `/v1/status`; it names services and nodes, never
 //! addresses or secrets.
 
+use crate::text::escape_markup;
 use crate::Status;
 use lifeboat_config::Config;
 use lifeboat_core::notice::StatusState;
@@ -160,13 +161,6 @@ impl StatusPages {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 fn utc(ms: u64) -> String {
     chrono::DateTime::from_timestamp_millis(ms as i64)
         .unwrap_or_default()
@@ -193,7 +187,7 @@ impl StatusPage {
              .banner{{padding:1rem;border-radius:6px;color:#fff;font-weight:600}}li{{margin:.3rem 0}}\
              .svc{{display:flex;justify-content:space-between;border-bottom:1px solid #d0d7de;padding:.5rem 0}}\
              .upd{{color:#57606a;font-size:.9rem}}</style></head><body><h1>{t}</h1>",
-            t = esc(&self.title)
+            t = escape_markup(&self.title)
         );
         let banner = match self.overall {
             Component::Operational => "All systems operational".to_owned(),
@@ -204,13 +198,13 @@ impl StatusPage {
             "<p class=\"banner\" style=\"background:{}\" data-overall=\"{}\">{}</p><h2>Services</h2>",
             colour(self.overall),
             serde_json::to_value(self.overall).unwrap_or_default().as_str().unwrap_or(""),
-            esc(&banner)
+            escape_markup(&banner)
         );
         for s in &self.services {
             let _ = write!(
                 h,
                 "<div class=\"svc\"><span>{}</span><span style=\"color:{}\">{}</span></div>",
-                esc(&s.name),
+                escape_markup(&s.name),
                 colour(s.status),
                 s.status.words()
             );
@@ -227,7 +221,7 @@ impl StatusPage {
                 let _ = write!(
                     h,
                     "<h3>{} <small>({}, since {})</small></h3><ul>",
-                    esc(&i.title),
+                    escape_markup(&i.title),
                     i.state,
                     utc(i.opened_ms)
                 );
@@ -236,7 +230,7 @@ impl StatusPage {
                         h,
                         "<li><b>{}</b> — {} <span class=\"upd\">{}</span></li>",
                         u.state,
-                        esc(&u.message),
+                        escape_markup(&u.message),
                         utc(u.at_ms)
                     );
                 }

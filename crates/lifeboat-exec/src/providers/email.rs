@@ -53,10 +53,7 @@ impl Email {
                 .map(|a| mailbox("to", a))
                 .collect::<Result<_, _>>()?,
             credentials,
-            host: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "lifeboat.invalid".into()),
+            host: lifeboat_backup::repo::host(),
         })
     }
 

@@ -30,10 +30,7 @@ impl PagerDuty {
                 c.routing_key_env.as_deref(),
             )?,
             url: c.url.clone().unwrap_or_else(|| EVENTS_URL.into()),
-            source: nix::unistd::gethostname()
-                .ok()
-                .and_then(|h| h.into_string().ok())
-                .unwrap_or_else(|| "lifeboat".into()),
+            source: lifeboat_backup::repo::host(),
             http: http_client()?,
         })
     }

@@ -3,7 +3,8 @@
 //! second per webhook.
 
 use super::{http_client, notify_secret, post_json, Answer, Notifier};
-use crate::notify::{headline, slack_escape};
+use crate::notify::headline;
+use crate::text::escape_markup as slack_escape;
 use async_trait::async_trait;
 use lifeboat_config::SlackConfig;
 use lifeboat_core::notice::Notice;

@@ -250,6 +250,31 @@ to = ["oncall@example.org"]
         "{subjects:#?}"
     );
     assert!(mails.iter().all(|m| m.contains("oncall@example.org")));
+    assert!(
+        mails
+            .iter()
+            .all(|m| m.contains("Message-ID: <lifeboat-notice-")),
+        "a stable Message-ID on each: {mails:#?}"
+    );
+
+    // A PagerDuty test opens and closes an alert of its own.
+    let out = d.cli(&["notify", "test", "pager"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let test: Vec<Value> = rx
+        .calls_to("/pagerduty")
+        .into_iter()
+        .filter(|c| {
+            c["body"]["dedup_key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("lifeboat/test/"))
+        })
+        .collect();
+    let actions: Vec<&str> = test
+        .iter()
+        .map(|c| c["body"]["event_action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["trigger", "resolve"], "{test:#?}");
+    assert_eq!(test[0]["body"]["dedup_key"], test[1]["body"]["dedup_key"]);
 
     // The post-mortem draft.
     let out = d.cli(&["incident", "postmortem", &id.to_string()]);
