@@ -470,6 +470,7 @@ async fn refused_failing_and_hanging_receivers_and_a_storm_get_what_they_should(
     );
     text +=
         "\n[notify.chat]\nkind = \"slack\"\nurl-file = \"slack-url\"\nmin-severity = \"info\"\n";
+    text += "\n[incidents]\nresolve-after = \"2s\"\n";
     append(&regions.config_path, &text)?;
     let d = Daemon::start(&regions, "us-east-1").await?;
 
@@ -571,6 +572,27 @@ async fn refused_failing_and_hanging_receivers_and_a_storm_get_what_they_should(
         .unwrap()
         .contains("states: investigating, identified, monitoring, resolved"));
     drained(&d, &["chat"]).await?;
+    // The switchover's incident resolves itself resolve-after (2 s) after its plan ended, not
+    // at once (the daemon had been healthy for longer than that before it).
+    let start = Instant::now();
+    let inc = loop {
+        let inc = get(&format!("{}/v1/incidents/{id}", d.api)).await?;
+        if inc["state"] == "resolved" {
+            break inc;
+        }
+        anyhow::ensure!(start.elapsed() < T, "incident {id} not resolved: {inc:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let updates = inc["updates"].as_array().unwrap();
+    let by_lifeboat = |state: &str| {
+        updates
+            .iter()
+            .find(|u| u["state"] == state && u["actor"] == "lifeboat")
+            .and_then(|u| u["at_ms"].as_u64())
+            .unwrap_or_else(|| panic!("no {state} update by lifeboat: {inc:#}"))
+    };
+    let waited = by_lifeboat("resolved") - by_lifeboat("monitoring");
+    assert!(waited >= 2000, "resolved {waited} ms after the plan ended");
     let slack: Vec<String> = calls_in(&dir.join("receiver"))
         .iter()
         .filter(|c| c["path"] == "/slack/storm")
