@@ -12,15 +12,26 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// How a snapshot is labelled, and whether unchanged files are read again.
+/// Which files a backup reads, and so which snapshot is its parent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupKind {
+    /// Files unchanged since the newest snapshot of the same source are not read again.
+    #[default]
+    Incremental,
+    /// Files unchanged since the newest full snapshot of the same source are not read again.
+    Differential,
+    /// Every file is read (a snapshot with no parent).
+    Full,
+}
+
+/// How a snapshot is labelled, and which files are read again.
 #[derive(Clone, Debug, Default)]
 pub struct BackupOptions {
     pub source: String,
     pub tier: String,
     pub tags: Vec<String>,
     pub group: Option<String>,
-    /// Read every file, even those unchanged since the parent snapshot (a full backup).
-    pub full: bool,
+    pub kind: BackupKind,
 }
 
 /// Backs up `roots` (directories or files) into one snapshot.
@@ -40,19 +51,90 @@ pub async fn backup_paths(
     }
     let root_names: Vec<String> = abs.iter().map(|p| p.display().to_string()).collect();
     let writer = Writer::start(repo, &format!("backup of {}", root_names.join(", "))).await?;
-
-    // The parent: the newest snapshot of the same source and roots; a full backup has none.
-    let parent = match opts.full {
-        true => None,
-        false => repo.snapshots().await?.into_iter().rev().find(|(_, s)| {
-            s.kind == SourceKind::Directory && s.source == opts.source && s.roots == root_names
-        }),
+    let parent = find_parent(repo, opts.kind, |s| {
+        s.kind == SourceKind::Directory && s.source == opts.source && s.roots == root_names
+    })
+    .await?;
+    let read = read_tree(
+        &writer,
+        &abs,
+        parent.as_ref().map(|p| &p.1),
+        |_| false,
+        progress,
+    )
+    .await;
+    let (nodes, mut summary) = match read {
+        Ok(r) => r,
+        Err(e) => return Err(writer.abandon().await.unwrap_or(e)),
     };
+    summary.duration_s = started.elapsed().as_secs_f64();
+    let snapshot = Snapshot {
+        time,
+        host: host(),
+        source: opts.source,
+        kind: SourceKind::Directory,
+        tier: opts.tier,
+        tags: opts.tags,
+        group: opts.group,
+        roots: root_names,
+        parent: parent.map(|(id, _)| id),
+        tree: Vec::new(),
+        summary,
+        postgres: None,
+    };
+    writer.commit(snapshot, nodes).await
+}
+
+/// The snapshot a backup of `kind` reads against: the newest one `same` accepts, or for a
+/// differential the newest of those that is full; none for a full backup.
+pub(crate) async fn find_parent(
+    repo: &Repo,
+    kind: BackupKind,
+    same: impl Fn(&Snapshot) -> bool,
+) -> Result<Option<(crate::crypto::Id, Snapshot)>> {
+    if kind == BackupKind::Full {
+        return Ok(None);
+    }
+    Ok(repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .rev()
+        .find(|(_, s)| same(s) && (kind == BackupKind::Incremental || s.parent.is_none())))
+}
+
+/// Whether a file may be taken from the parent snapshot (`before`, in a snapshot begun at
+/// `parent_began`) without reading it: the same size, modification time, change time and
+/// inode, and modified at least a second before the parent began. A file written in the
+/// clock tick in which the parent read it can change again, at the same size, without its
+/// time moving; such a file is read again (pgBackRest's rule). The change time also catches
+/// a modification time set back by hand.
+pub(crate) fn unchanged(before: &Node, now: &Node, parent_began: time::OffsetDateTime) -> bool {
+    let modified_ns = i128::from(before.mtime) * 1_000_000_000 + i128::from(before.mtime_ns);
+    before.size == now.size
+        && before.mtime == now.mtime
+        && before.mtime_ns == now.mtime_ns
+        && before.inode == now.inode
+        && before.ctime == now.ctime
+        && before.ctime != 0
+        && modified_ns + 1_000_000_000 < parent_began.unix_timestamp_nanos()
+}
+
+/// Walks `roots` (absolute) but for what `skip` names (a node's path in the snapshot), takes
+/// the files [`unchanged`] since `parent` from it, and reads the rest into `writer`, one
+/// file per core. A file that vanishes while the backup runs is left out.
+pub(crate) async fn read_tree(
+    writer: &Writer,
+    roots: &[PathBuf],
+    parent: Option<&Snapshot>,
+    skip: fn(&str) -> bool,
+    progress: &Progress,
+) -> Result<(Vec<Node>, Summary)> {
     // Files of the parent whose chunks are all still indexed, by path.
     let mut previous: Vec<Node> = Vec::new();
-    if let Some((_, p)) = &parent {
+    if let Some(p) = parent {
         let index = writer.index();
-        crate::restorer::for_each_node(repo, index, p, |n| {
+        crate::restorer::for_each_node(&writer.repo, index, p, |n| {
             if n.kind == NodeKind::File && n.chunks.iter().all(|c| index.contains(c)) {
                 previous.push(n);
             }
@@ -60,11 +142,10 @@ pub async fn backup_paths(
         .await?;
     }
 
-    let walk_roots = abs.clone();
-    let nodes = tokio::task::spawn_blocking(move || walk(&walk_roots))
+    let walk_roots = roots.to_vec();
+    let mut nodes = tokio::task::spawn_blocking(move || walk(&walk_roots, skip))
         .await
         .expect("walk task")?;
-    let mut nodes = nodes;
     let by_path: HashMap<&str, &Node> = previous.iter().map(|n| (n.path.as_str(), n)).collect();
     let mut todo = Vec::new();
     let mut summary = Summary::default();
@@ -74,13 +155,8 @@ pub async fn backup_paths(
             NodeKind::File => {
                 summary.files += 1;
                 summary.bytes += n.size;
-                match by_path.get(n.path.as_str()) {
-                    Some(p)
-                        if p.size == n.size
-                            && p.mtime == n.mtime
-                            && p.mtime_ns == n.mtime_ns
-                            && p.inode == n.inode =>
-                    {
+                match (by_path.get(n.path.as_str()), parent) {
+                    (Some(p), Some(parent)) if unchanged(p, n, parent.time) => {
                         n.chunks = p.chunks.clone()
                     }
                     _ => todo.push(i),
@@ -137,12 +213,8 @@ pub async fn backup_paths(
     .await
     .expect("file workers");
     progress.finish();
-    let results = match read {
-        Ok(r) => r,
-        Err(e) => return Err(writer.abandon().await.unwrap_or(e)),
-    };
     let mut vanished = vec![false; nodes.len()];
-    for (i, chunks) in results {
+    for (i, chunks) in read? {
         match chunks {
             Some(c) => nodes[i].0.chunks = c,
             None => vanished[i] = true,
@@ -155,26 +227,11 @@ pub async fn backup_paths(
         .map(|((n, _), _)| n)
         .collect();
     summary.bytes_read = writer.saver().counters.bytes_read.load(Ordering::Relaxed);
-    summary.duration_s = started.elapsed().as_secs_f64();
-    let snapshot = Snapshot {
-        time,
-        host: host(),
-        source: opts.source,
-        kind: SourceKind::Directory,
-        tier: opts.tier,
-        tags: opts.tags,
-        group: opts.group,
-        roots: root_names,
-        parent: parent.map(|(id, _)| id),
-        tree: Vec::new(),
-        summary,
-        postgres: None,
-    };
-    writer.commit(snapshot, nodes).await
+    Ok((nodes, summary))
 }
 
 /// Every node under the roots, sorted by path, with the absolute path to read it from.
-fn walk(roots: &[PathBuf]) -> Result<Vec<(Node, PathBuf)>> {
+fn walk(roots: &[PathBuf], skip: fn(&str) -> bool) -> Result<Vec<(Node, PathBuf)>> {
     let mut out = Vec::new();
     let single = roots.len() == 1;
     let mut names = std::collections::HashSet::new();
@@ -193,7 +250,7 @@ fn walk(roots: &[PathBuf]) -> Result<Vec<(Node, PathBuf)>> {
             }
             name
         };
-        visit(root, &prefix, false, &mut out)?;
+        visit(root, &prefix, false, skip, &mut out)?;
     }
     out.sort_by(|a, b| a.0.path.cmp(&b.0.path));
     Ok(out)
@@ -201,8 +258,17 @@ fn walk(roots: &[PathBuf]) -> Result<Vec<(Node, PathBuf)>> {
 
 /// `rel` is the node's path in the snapshot; `escaped`: it is in [`escape`]d form, because a
 /// name on the way is not UTF-8.
-fn visit(path: &Path, rel: &str, escaped: bool, out: &mut Vec<(Node, PathBuf)>) -> Result<()> {
+fn visit(
+    path: &Path,
+    rel: &str,
+    escaped: bool,
+    skip: fn(&str) -> bool,
+    out: &mut Vec<(Node, PathBuf)>,
+) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
+    if skip(rel) {
+        return Ok(());
+    }
     let md = match std::fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -253,6 +319,7 @@ fn visit(path: &Path, rel: &str, escaped: bool, out: &mut Vec<(Node, PathBuf)>) 
             mtime_ns: md.mtime_nsec() as u32,
             size: if kind == NodeKind::File { md.len() } else { 0 },
             inode: md.ino(),
+            ctime: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
             target,
             chunks: Vec::new(),
             escaped: node_escaped,
@@ -284,8 +351,66 @@ fn visit(path: &Path, rel: &str, escaped: bool, out: &mut Vec<(Node, PathBuf)>) 
             } else {
                 format!("{parent}/{name}")
             };
-            visit(&e.path(), &child, child_escaped, out)?;
+            visit(&e.path(), &child, child_escaped, skip, out)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unchanged;
+    use crate::snapshot::{Node, NodeKind};
+
+    fn file(mtime: i64, mtime_ns: u32, ctime: i64) -> Node {
+        Node {
+            path: "base/1/1234".into(),
+            kind: NodeKind::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime,
+            mtime_ns,
+            size: 8192,
+            inode: 7,
+            ctime,
+            target: None,
+            chunks: Vec::new(),
+            escaped: false,
+        }
+    }
+
+    #[test]
+    fn a_file_is_trusted_only_when_nothing_tells_it_changed_and_it_had_settled() {
+        let began = time::macros::datetime!(2026-12-05 10:00:00 UTC);
+        let t = began.unix_timestamp();
+        let ctime = |s: i64| s * 1_000_000_000;
+        let old = file(t - 5, 0, ctime(t - 5));
+        assert!(unchanged(&old, &old.clone(), began));
+        // Modified within the second before the parent began: read again, though size,
+        // times and inode are all the same (a second write in the same clock tick).
+        let recent = file(t - 1, 500_000_000, ctime(t - 1));
+        assert!(!unchanged(&recent, &recent.clone(), began));
+        let during = file(t, 1, ctime(t));
+        assert!(!unchanged(&during, &during.clone(), began));
+        // Each attribute alone tells a change.
+        let mut other = old.clone();
+        other.size += 1;
+        assert!(!unchanged(&old, &other, began));
+        let mut other = old.clone();
+        other.mtime_ns += 1;
+        assert!(!unchanged(&old, &other, began));
+        let mut other = old.clone();
+        other.ctime += 1;
+        assert!(
+            !unchanged(&old, &other, began),
+            "a modification time set back by hand"
+        );
+        let mut other = old.clone();
+        other.inode += 1;
+        assert!(!unchanged(&old, &other, began));
+        // A parent from before change times were recorded is not trusted.
+        let unknown = file(t - 5, 0, 0);
+        assert!(!unchanged(&unknown, &unknown.clone(), began));
+    }
 }

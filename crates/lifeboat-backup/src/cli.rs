@@ -1,7 +1,7 @@
 //! The `lifeboat backup|restore|wal` commands. The binary parses them with clap and calls the
 //! functions here; each prints its own output and returns the process exit code.
 
-use crate::archiver::{backup_paths, BackupOptions};
+use crate::archiver::{backup_paths, BackupKind, BackupOptions};
 use crate::error::{Error, Result};
 use crate::group::{GroupOptions, Member};
 use crate::progress::Progress;
@@ -150,9 +150,18 @@ enum BackupCmd {
         /// snapshot of the same source and paths.
         #[arg(long)]
         source: Option<String>,
-        /// Read every file again instead of trusting size, time and inode (a full backup).
+        /// Read every file again instead of trusting size, times and inode (a full backup).
         #[arg(long)]
         full: bool,
+        /// Read the files changed since the newest full backup of the source (a differential
+        /// backup; the default reads those changed since the newest backup of any kind).
+        #[arg(long, conflicts_with = "full")]
+        diff: bool,
+        /// With --postgres: the server's data directory on this host. The backup reads it
+        /// between pg_backup_start and pg_backup_stop, only the files changed since the
+        /// parent; without it, pg_basebackup reads the whole database.
+        #[arg(long, requires = "postgres")]
+        data_dir: Option<PathBuf>,
         /// The snapshot's tier (default: manual); alone, a tier of the config to run.
         #[arg(long)]
         tier: Option<String>,
@@ -284,8 +293,13 @@ pub struct RestoreArgs {
     #[arg(long)]
     to: PathBuf,
     /// Restore only this path of the snapshot.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delta")]
     path: Option<String>,
+    /// Restore over an existing directory (for PostgreSQL, a data directory no server runs
+    /// on): files already as in the snapshot are kept, the rest written, and what the
+    /// snapshot lacks removed.
+    #[arg(long)]
+    delta: bool,
     /// PostgreSQL: start the restored server and wait until it has replayed to the target
     /// and accepts writes; it keeps running (stop it with pg_ctl stop -D DIR).
     #[arg(long)]
@@ -417,6 +431,8 @@ async fn run_backup(args: BackupArgs, config: Option<&Config>) -> Result<ExitCod
             tier,
             tags,
             full,
+            diff,
+            data_dir,
             postgres,
             paths,
         } => {
@@ -434,11 +450,18 @@ async fn run_backup(args: BackupArgs, config: Option<&Config>) -> Result<ExitCod
                 tier: tier.unwrap_or_else(|| "manual".into()),
                 tags,
                 group: None,
-                full,
+                kind: backup_kind(full, diff),
             };
             let (id, s) = match postgres {
                 Some(conninfo) => {
-                    crate::postgres::base_backup(&r, &conninfo, opts, &repo.progress()).await?
+                    crate::postgres::base_backup(
+                        &r,
+                        &conninfo,
+                        data_dir.as_deref(),
+                        opts,
+                        &repo.progress(),
+                    )
+                    .await?
                 }
                 None => backup_paths(&r, &paths, opts, &repo.progress()).await?,
             };
@@ -493,7 +516,7 @@ async fn run_backup(args: BackupArgs, config: Option<&Config>) -> Result<ExitCod
             let opts = GroupOptions {
                 tier: tier.unwrap_or_else(|| label.clone()),
                 label,
-                full,
+                kind: backup_kind(full, false),
                 wal_wait,
             };
             let (id, g, _) = crate::group::backup_group(&r, &members, &opts).await?;
@@ -850,14 +873,11 @@ async fn run_restore(args: RestoreArgs, config: Option<&BackupConfig>) -> Result
         return Ok(ExitCode::SUCCESS);
     }
     let (id, snap) = r.find_snapshot(&args.snapshot).await?;
-    let s = crate::restorer::restore(
-        &r,
-        &snap,
-        &args.to,
-        args.path.as_deref(),
-        &args.repo.progress(),
-    )
-    .await?;
+    let opts = crate::restorer::RestoreOptions {
+        only: args.path.as_deref(),
+        delta: args.delta,
+    };
+    let s = crate::restorer::restore(&r, &snap, &args.to, opts, &args.repo.progress()).await?;
     if args.repo.json {
         print_json(&serde_json::json!({ "id": id.hex(), "summary": s }));
     } else {
@@ -901,7 +921,7 @@ async fn restore_postgres(r: &Repo, args: RestoreArgs) -> Result<ExitCode> {
         source: args.source.as_deref(),
         base: args.base.as_deref(),
     };
-    let s = restore_pitr(r, target, pick, &args.to, &args.repo.progress()).await?;
+    let s = restore_pitr(r, target, pick, &args.to, args.delta, &args.repo.progress()).await?;
     let started = if args.start {
         Some(start_restored(&args).await?)
     } else {
@@ -985,6 +1005,14 @@ async fn start_restored(args: &RestoreArgs) -> Result<crate::restore_test::Start
         password: std::env::var("PGPASSWORD").ok(),
     };
     crate::restore_test::start_restored(&server, &login, std::time::Duration::from_secs(3600)).await
+}
+
+fn backup_kind(full: bool, diff: bool) -> BackupKind {
+    match (full, diff) {
+        (true, _) => BackupKind::Full,
+        (_, true) => BackupKind::Differential,
+        _ => BackupKind::Incremental,
+    }
 }
 
 /// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.fraction]` taken as UTC.

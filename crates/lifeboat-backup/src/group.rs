@@ -10,6 +10,7 @@
 //! every directory to its snapshot. Directories are read while the group runs; they are as of
 //! their backup, not of the restore point.
 
+use crate::archiver::BackupKind;
 use crate::archiver::{backup_paths, BackupOptions};
 use crate::crypto::Id;
 use crate::error::{Error, Result};
@@ -72,8 +73,8 @@ pub struct GroupMember {
 pub struct GroupOptions {
     pub label: String,
     pub tier: String,
-    /// Read every file of directory members again.
-    pub full: bool,
+    /// Which files of directory members are read again.
+    pub kind: BackupKind,
     /// How long to wait for the WAL holding each restore point to reach the repository.
     pub wal_wait: Duration,
 }
@@ -134,13 +135,13 @@ pub async fn backup_group(
         tier: opts.tier.clone(),
         tags: vec![],
         group: Some(label.clone()),
-        full: opts.full,
+        kind: opts.kind,
     };
     let runs = members.iter().map(|m| async move {
         let hidden = Progress::hidden();
         match m {
             Member::Postgres { name, conninfo } => {
-                base_backup(repo, conninfo, backup_opts(name), &hidden).await
+                base_backup(repo, conninfo, None, backup_opts(name), &hidden).await
             }
             Member::Directory { name, paths } => {
                 backup_paths(repo, paths, backup_opts(name), &hidden).await
@@ -347,6 +348,7 @@ pub async fn restore_group(repo: &Repo, which: &str, to: &Path) -> Result<GroupR
                         base: Some(&base),
                     },
                     &dest,
+                    false,
                     &Progress::hidden(),
                 )
                 .await
@@ -356,8 +358,14 @@ pub async fn restore_group(repo: &Repo, which: &str, to: &Path) -> Result<GroupR
                 })?;
             }
             _ => {
-                let s =
-                    crate::restorer::restore(repo, snap, &dest, None, &Progress::hidden()).await?;
+                let s = crate::restorer::restore(
+                    repo,
+                    snap,
+                    &dest,
+                    Default::default(),
+                    &Progress::hidden(),
+                )
+                .await?;
                 if let Some((path, why)) = s.failed.first() {
                     return Err(Error::corrupt(format!(
                         "{}: {} file(s) not restored, first {path}: {why}",

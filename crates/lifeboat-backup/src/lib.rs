@@ -16,6 +16,7 @@ pub mod error;
 pub mod group;
 pub mod lock;
 pub mod pack;
+pub mod pgfiles;
 pub mod postgres;
 pub mod progress;
 pub mod prune;

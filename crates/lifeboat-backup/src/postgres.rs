@@ -69,13 +69,19 @@ pub(crate) async fn connect(what: &str, conninfo: &str) -> Result<tokio_postgres
 }
 
 /// Takes a base backup of the server at `conninfo` (a libpq connection string; the password
-/// from it, `PGPASSWORD` or `~/.pgpass`).
+/// from it, `PGPASSWORD` or `~/.pgpass`): from `data_dir`, its data directory on this host,
+/// reading only what changed since the parent ([`crate::pgfiles`]); without one, the whole
+/// database with `pg_basebackup`.
 pub async fn base_backup(
     repo: &Repo,
     conninfo: &str,
+    data_dir: Option<&Path>,
     opts: BackupOptions,
     progress: &Progress,
 ) -> Result<(Id, Snapshot)> {
+    if let Some(dir) = data_dir {
+        return crate::pgfiles::file_backup(repo, conninfo, dir, opts, progress).await;
+    }
     let started = std::time::Instant::now();
     let time = OffsetDateTime::now_utc();
     let (system_identifier, segment_size) = server_facts(conninfo).await?;
@@ -137,6 +143,7 @@ pub async fn base_backup(
         mtime_ns: 0,
         size: bytes,
         inode: 0,
+        ctime: 0,
         target: None,
         chunks,
         escaped: false,
@@ -475,6 +482,10 @@ pub enum Target {
 #[derive(Debug, serde::Serialize)]
 pub struct PgRestoreSummary {
     pub base_snapshot: String,
+    /// Files of the base backup (a backup taken with pg_basebackup is one), and of those the
+    /// ones a delta restore found in place and left alone.
+    pub base_files: u64,
+    pub unchanged_files: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub base_end_time: OffsetDateTime,
     pub wal_files: usize,
@@ -493,18 +504,23 @@ pub struct Pick<'a> {
 }
 
 /// Restores the newest base backup that ends before `target` (or the one `pick` names), and
-/// the WAL up to the target, into `to`.
+/// the WAL up to the target, into `to`. With `delta`, `to` may hold a data directory (not in
+/// use): only the files that differ from the base backup are written, and what it lacks is
+/// removed, as for reseeding a standby that `pg_rewind` cannot bring back.
 pub async fn restore_pitr(
     repo: &Repo,
     target: Target,
     pick: Pick<'_>,
     to: &Path,
+    delta: bool,
     progress: &Progress,
 ) -> Result<PgRestoreSummary> {
     let started = std::time::Instant::now();
-    if std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some()) {
+    if delta {
+        refuse_if_running(to)?;
+    } else if std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some()) {
         return Err(Error::Invalid(format!(
-            "{} is not empty; restore into a new or empty directory",
+            "{} is not empty; restore into a new or empty directory, or over a data directory with --delta",
             to.display()
         )));
     }
@@ -636,13 +652,33 @@ pub async fn restore_pitr(
     std::fs::create_dir_all(to).map_err(Error::io(to))?;
     let index = repo.load_index().await?;
     let nodes = crate::restorer::load_nodes(repo, &index, &base).await?;
-    let tar = nodes
-        .into_iter()
-        .find(|n| n.path == BASE_TAR)
-        .ok_or_else(|| Error::corrupt(format!("snapshot {} has no {BASE_TAR}", base_id.short())))?;
-    progress.start("restoring base backup", tar.size);
-    unpack(repo, &index, &tar.chunks, to, progress).await?;
-    progress.finish();
+    let (files, unchanged) = match nodes.into_iter().find(|n| n.path == BASE_TAR) {
+        Some(_) if delta => {
+            return Err(Error::Invalid(format!(
+                "base backup {} was taken with pg_basebackup (one tar stream), which a delta restore cannot compare file by file; restore it into an empty directory, or take a base backup with --data-dir",
+                base_id.short()
+            )))
+        }
+        Some(tar) => {
+            progress.start("restoring base backup", tar.size);
+            unpack(repo, &index, &tar.chunks, to, progress).await?;
+            progress.finish();
+            (1, 0)
+        }
+        None => {
+            drop(index);
+            let opts = crate::restorer::RestoreOptions { only: None, delta };
+            let s = crate::restorer::restore(repo, &base, to, opts, progress).await?;
+            if let Some((path, why)) = s.failed.first() {
+                return Err(Error::corrupt(format!(
+                    "base backup {}: {} file(s) not restored, first {path}: {why}; restore from another base backup (--base)",
+                    base_id.short(),
+                    s.failed.len()
+                )));
+            }
+            (s.files, s.unchanged)
+        }
+    };
 
     let pg_wal = to.join("pg_wal");
     std::fs::create_dir_all(&pg_wal).map_err(Error::io(&pg_wal))?;
@@ -704,6 +740,8 @@ pub async fn restore_pitr(
     std::fs::write(to.join("recovery.signal"), b"").map_err(Error::io(to))?;
     give_to_owner_of_data(to)?;
     Ok(PgRestoreSummary {
+        base_files: files,
+        unchanged_files: unchanged,
         base_snapshot: base_id.hex(),
         base_end_time: pg.end_time,
         wal_files,
@@ -711,6 +749,36 @@ pub async fn restore_pitr(
         recovery_settings: settings,
         duration_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A delta restore writes into a data directory only when no server runs on it: its
+/// `postmaster.pid` names no live process (a stale one, after a crash, is removed with the
+/// rest of what the base backup lacks).
+fn refuse_if_running(to: &Path) -> Result<()> {
+    let pidfile = to.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&pidfile) else {
+        return Ok(());
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    let alive = match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    };
+    if alive && pid > 0 {
+        return Err(Error::Invalid(format!(
+            "{} is in use: PostgreSQL runs on it (process {pid}, from {}); stop it first (pg_ctl stop -D {}), then restore with --delta",
+            to.display(),
+            pidfile.display(),
+            to.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Whether an archived `.partial` copy of segment `name` should replace the copy the base

@@ -88,6 +88,7 @@ pub async fn run(repo: &Repo, spec: &TestSpec<'_>) -> Result<TestRecord> {
                 base: None,
             },
             &dir,
+            false,
             &Progress::hidden(),
         )
         .await?;

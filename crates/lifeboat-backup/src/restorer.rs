@@ -60,9 +60,21 @@ pub async fn for_each_node(
     Ok(())
 }
 
+/// What to restore, and over what.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreOptions<'a> {
+    /// Only this path of the snapshot.
+    pub only: Option<&'a str>,
+    /// Into an existing directory: files whose content is already the snapshot's (the same
+    /// size and chunks) are kept, the rest written, and whatever the snapshot lacks removed.
+    pub delta: bool,
+}
+
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RestoreSummary {
     pub files: u64,
+    /// With delta: files already as in the snapshot, left unwritten.
+    pub unchanged: u64,
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
@@ -93,28 +105,43 @@ struct Plan {
     /// Files whose content is all in one pack: that pack's worker creates them and sets their
     /// metadata, so most files are touched by one thread, once.
     single_pack: Vec<bool>,
+    /// Files already in place with the snapshot's content (a delta restore).
+    kept: Vec<bool>,
     am_root: bool,
 }
 
-/// Restores `snap` (or the part at `only`) into `to`.
+/// Restores `snap` (or the part `opts.only` names) into `to`.
 pub async fn restore(
     repo: &Repo,
     snap: &Snapshot,
     to: &Path,
-    only: Option<&str>,
+    opts: RestoreOptions<'_>,
     progress: &Progress,
 ) -> Result<RestoreSummary> {
     let started = std::time::Instant::now();
     let lock = Lock::acquire(&repo.storage, false, "restore", Duration::from_secs(600)).await?;
     let index = repo.load_index().await?;
     let mut nodes = load_nodes(repo, &index, snap).await?;
-    if let Some(p) = only {
+    if let Some(p) = opts.only {
         nodes.retain(|n| n.is_under(p));
         if nodes.is_empty() {
             return Err(Error::Invalid(format!("no path {p:?} in the snapshot")));
         }
     }
     let mut summary = RestoreSummary::default();
+    let (nodes, kept) = if opts.delta {
+        let (r, dest) = (repo.clone(), to.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            remove_extra(&nodes, &dest)?;
+            let kept = files_in_place(&r, &nodes, &dest);
+            Ok::<_, Error>((nodes, kept))
+        })
+        .await
+        .expect("delta task")?
+    } else {
+        let n = nodes.len();
+        (nodes, vec![false; n])
+    };
 
     // Which blob goes where, by pack.
     let mut by_pack: BTreeMap<Id, PackPlan> = BTreeMap::new();
@@ -123,7 +150,8 @@ pub async fn restore(
     for (i, n) in nodes.iter().enumerate() {
         let mut offset = 0u64;
         let mut packs = BTreeSet::new();
-        for c in &n.chunks {
+        let chunks = if kept[i] { &[][..] } else { &n.chunks[..] };
+        for c in chunks {
             let Some((pack, loc)) = index.get(c) else {
                 failed
                     .entry(i)
@@ -148,6 +176,10 @@ pub async fn restore(
         match n.kind {
             NodeKind::Dir => summary.dirs += 1,
             NodeKind::Symlink => summary.symlinks += 1,
+            NodeKind::File if kept[i] => {
+                summary.files += 1;
+                summary.unchanged += 1;
+            }
             NodeKind::File => {
                 summary.files += 1;
                 summary.bytes += n.size;
@@ -159,6 +191,7 @@ pub async fn restore(
         nodes,
         paths,
         single_pack,
+        kept,
         am_root: nix::unistd::geteuid().is_root(),
     });
 
@@ -174,7 +207,7 @@ pub async fn restore(
                     let _ = std::fs::remove_file(path);
                     std::os::unix::fs::symlink(n.link_target(), path).map_err(Error::io(path))?;
                 }
-                NodeKind::File if !p.single_pack[i] => {
+                NodeKind::File if !p.single_pack[i] && !p.kept[i] => {
                     let f = std::fs::File::create(path).map_err(Error::io(path))?;
                     f.set_len(n.size).map_err(Error::io(path))?;
                 }
@@ -238,6 +271,73 @@ pub async fn restore(
     summary.duration_s = started.elapsed().as_secs_f64();
     lock.release().await?;
     Ok(summary)
+}
+
+/// A delta restore's first pass: removes what is in `to` but not in the snapshot, or there
+/// as another kind (a directory where a file goes), so that only the snapshot remains.
+fn remove_extra(nodes: &[Node], to: &Path) -> Result<()> {
+    let wanted: std::collections::HashMap<PathBuf, NodeKind> =
+        nodes.iter().map(|n| (n.path_under(to), n.kind)).collect();
+    let mut stack = vec![to.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(&dir)(e)),
+        };
+        for e in entries {
+            let e = e.map_err(Error::io(&dir))?;
+            let path = e.path();
+            let ft = e.file_type().map_err(Error::io(&path))?;
+            let kind = if ft.is_dir() {
+                NodeKind::Dir
+            } else if ft.is_symlink() {
+                NodeKind::Symlink
+            } else {
+                NodeKind::File
+            };
+            match wanted.get(&path) {
+                Some(k) if *k == kind => {
+                    if kind == NodeKind::Dir {
+                        stack.push(path);
+                    }
+                }
+                _ if kind == NodeKind::Dir => {
+                    std::fs::remove_dir_all(&path).map_err(Error::io(&path))?
+                }
+                _ => std::fs::remove_file(&path).map_err(Error::io(&path))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// For each node, whether it is a file already at its place in `to` with the snapshot's
+/// content: the same size and, cut as a backup cuts it, the same chunks. Files are compared
+/// one per core; a file that cannot be read is simply written again.
+fn files_in_place(repo: &Repo, nodes: &[Node], to: &Path) -> Vec<bool> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let kept: Vec<AtomicBool> = nodes.iter().map(|_| AtomicBool::new(false)).collect();
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(n) = nodes.get(i) else { break };
+                if n.kind != NodeKind::File {
+                    continue;
+                }
+                let path = n.path_under(to);
+                let same = std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| m.is_file() && m.len() == n.size)
+                    && crate::writer::file_chunk_ids(repo, &path, n.size)
+                        .is_ok_and(|ids| ids == n.chunks);
+                kept[i].store(same, Ordering::Relaxed);
+            });
+        }
+    });
+    kept.into_iter().map(AtomicBool::into_inner).collect()
 }
 
 async fn restore_pack(

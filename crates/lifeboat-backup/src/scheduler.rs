@@ -2,7 +2,7 @@
 //! sources, then apply its retention), continuous WAL, the scheduled restore test, and the
 //! metrics that say how old each tier's newest backup is.
 
-use crate::archiver::{backup_paths, BackupOptions};
+use crate::archiver::{backup_paths, BackupKind, BackupOptions};
 use crate::copy::CopyReport;
 use crate::crypto::Id;
 use crate::error::{Error, Result};
@@ -173,6 +173,16 @@ pub fn node_conn(n: &NodeConfig) -> Result<ConnInfo> {
 /// A libpq connection string for a node of the config, with its password.
 pub fn node_conninfo(n: &NodeConfig) -> Result<String> {
     Ok(node_conn(n)?.to_libpq(Some("lifeboat-backup")))
+}
+
+/// The node's data directory when it is on this host and a backup can read it: under local
+/// control, present, and without tablespaces. Base backups then read only what changed;
+/// otherwise pg_basebackup reads the whole database.
+fn local_data_dir(n: &NodeConfig) -> Option<&std::path::Path> {
+    let dir = &n.control.as_ref()?.data_dir;
+    let no_tablespaces =
+        std::fs::read_dir(dir.join("pg_tblspc")).is_ok_and(|mut d| d.next().is_none());
+    (dir.join("PG_VERSION").is_file() && no_tablespaces).then_some(dir.as_path())
 }
 
 impl Scheduler {
@@ -529,9 +539,13 @@ impl Scheduler {
             return Ok(run);
         }
         let started = std::time::Instant::now();
-        let full = tier.kind == TierKind::Full;
+        let kind = match tier.kind {
+            TierKind::Full => BackupKind::Full,
+            TierKind::Differential => BackupKind::Differential,
+            TierKind::Incremental | TierKind::Copy => BackupKind::Incremental,
+        };
         let done: Vec<(String, Result<(Id, Snapshot)>)> = if tier.consistent {
-            match self.backup_as_group(&repo, name, tier, full).await {
+            match self.backup_as_group(&repo, name, tier, kind).await {
                 Ok((gid, spread, snaps)) => {
                     run.group = Some((gid.hex(), spread));
                     snaps.into_iter().map(|(src, r)| (src, Ok(r))).collect()
@@ -547,7 +561,7 @@ impl Scheduler {
             for source in &tier.sources {
                 done.push((
                     source.clone(),
-                    self.backup_source(&repo, source, name, full).await,
+                    self.backup_source(&repo, source, name, kind).await,
                 ));
             }
             done
@@ -593,7 +607,7 @@ impl Scheduler {
         repo: &Repo,
         source: &str,
         tier: &str,
-        full: bool,
+        kind: BackupKind,
     ) -> Result<(Id, Snapshot)> {
         let cfg = &self.backup.sources[source];
         let opts = BackupOptions {
@@ -601,11 +615,13 @@ impl Scheduler {
             tier: tier.into(),
             tags: vec![],
             group: None,
-            full,
+            kind,
         };
         if cfg.is_postgres() {
-            let conninfo = node_conninfo(self.node_of(source).await?)?;
-            base_backup(repo, &conninfo, opts, &Progress::hidden()).await
+            let node = self.node_of(source).await?;
+            let conninfo = node_conninfo(node)?;
+            let data_dir = local_data_dir(node);
+            base_backup(repo, &conninfo, data_dir, opts, &Progress::hidden()).await
         } else {
             backup_paths(repo, &cfg.paths, opts, &Progress::hidden()).await
         }
@@ -617,7 +633,7 @@ impl Scheduler {
         repo: &Repo,
         name: &str,
         tier: &BackupTierConfig,
-        full: bool,
+        kind: BackupKind,
     ) -> Result<(Id, f64, Vec<(String, (Id, Snapshot))>)> {
         let mut members = Vec::new();
         for source in &tier.sources {
@@ -637,7 +653,7 @@ impl Scheduler {
         let opts = GroupOptions {
             label: name.to_string(),
             tier: name.to_string(),
-            full,
+            kind,
             wal_wait: GROUP_WAL_WAIT,
         };
         let (gid, record, snapshots) = backup_group(repo, &members, &opts).await?;

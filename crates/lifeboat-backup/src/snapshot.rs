@@ -92,6 +92,10 @@ pub struct Node {
     pub size: u64,
     #[serde(default)]
     pub inode: u64,
+    /// The inode's change time, nanoseconds since the epoch (0 in older snapshots: their
+    /// files are read again once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ctime: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -178,6 +182,10 @@ impl Node {
             || self.path == p
             || (self.path.starts_with(p) && self.path.as_bytes().get(p.len()) == Some(&b'/'))
     }
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 pub fn encode_nodes(nodes: &[Node]) -> Vec<u8> {

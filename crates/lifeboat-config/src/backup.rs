@@ -59,6 +59,9 @@ impl SourceConfig {
 pub enum TierKind {
     /// Unchanged files (same size, time and inode as in the last snapshot) are not read again.
     Incremental,
+    /// Files unchanged since the newest snapshot of a full tier are not read again
+    /// (a snapshot depends only on that full one).
+    Differential,
     /// Every file is read again.
     Full,
     /// The newest snapshots of `repository` are copied to `copy-to` (only missing data is sent).

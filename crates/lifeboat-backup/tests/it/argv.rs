@@ -195,7 +195,7 @@ async fn no_password_in_any_argv_during_a_base_backup_a_wal_stream_and_a_rejoin(
         ..Default::default()
     };
     let (_, snap) = proxy
-        .watch(async { Ok(base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?) })
+        .watch(async { Ok(base_backup(&repo, &conninfo, None, opts, &Progress::hidden()).await?) })
         .await?;
     assert!(snap.postgres.is_some());
     assert!(

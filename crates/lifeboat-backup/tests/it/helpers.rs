@@ -24,7 +24,7 @@ pub async fn backup(repo: &Repo, root: &Path, tier: &str) -> Result<(Id, Snapsho
         tier: tier.into(),
         tags: vec![],
         group: None,
-        full: false,
+        kind: Default::default(),
     };
     Ok(backup_paths(repo, &[root.to_path_buf()], opts, &Progress::hidden()).await?)
 }

@@ -17,7 +17,7 @@ fn full_options() -> BackupOptions {
         tier: "full".into(),
         tags: vec![],
         group: None,
-        full: false,
+        kind: Default::default(),
     }
 }
 
@@ -52,7 +52,7 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
     db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
         .await?;
     let opts = full_options();
-    base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?;
+    base_backup(&repo, &conninfo, None, opts, &Progress::hidden()).await?;
 
     let (streamer, status) = streamer(&repo, &conninfo, &dir);
     let cancel = CancellationToken::new();
@@ -92,6 +92,7 @@ async fn streamed_wal_recovers_rows_of_an_unfinished_segment_after_the_primary_i
         Target::Latest,
         Pick::default(),
         &to,
+        false,
         &Progress::hidden(),
     )
     .await?;
@@ -117,7 +118,7 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
         tier: "full".into(),
         ..Default::default()
     };
-    base_backup(&repo, &conninfo, opts(), &Progress::hidden()).await?;
+    base_backup(&repo, &conninfo, None, opts(), &Progress::hidden()).await?;
     // Archive every finished segment through wal push, as archive_command would.
     let system = lifeboat_backup::postgres::system_identifier(&dir.path().join("pg"))?;
     let push_all = || async {
@@ -134,7 +135,7 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
         db.batch_execute("SELECT pg_switch_wal()").await?;
     }
     push_all().await?;
-    base_backup(&repo, &conninfo, opts(), &Progress::hidden()).await?;
+    base_backup(&repo, &conninfo, None, opts(), &Progress::hidden()).await?;
     db.execute("INSERT INTO t VALUES (4)", &[]).await?;
     db.batch_execute("SELECT pg_switch_wal()").await?;
     push_all().await?;
@@ -163,6 +164,7 @@ async fn prune_deletes_only_wal_no_kept_base_backup_needs() -> Result<()> {
         Target::Latest,
         Pick::default(),
         &to,
+        false,
         &Progress::hidden(),
     )
     .await?;
@@ -185,7 +187,7 @@ async fn a_server_that_needs_a_password_is_backed_up_and_streamed_from() -> Resu
     let conninfo = pg.conninfo().to_libpq(None);
     assert!(conninfo.contains("password="));
     let opts = full_options();
-    base_backup(&repo, &conninfo, opts, &Progress::hidden()).await?;
+    base_backup(&repo, &conninfo, None, opts, &Progress::hidden()).await?;
 
     let (streamer, status) = streamer(&repo, &conninfo, &dir);
     let cancel = CancellationToken::new();

@@ -5,7 +5,7 @@ use lifeboat_backup::lock::Lock;
 use lifeboat_backup::pack::pack_key;
 use lifeboat_backup::progress::Progress;
 use lifeboat_backup::prune::prune;
-use lifeboat_backup::restorer::{load_nodes, restore};
+use lifeboat_backup::restorer::{load_nodes, restore, RestoreOptions};
 use lifeboat_backup::{Error, Repo, Storage};
 use lifeboat_config::Retention;
 use std::time::Duration;
@@ -20,21 +20,40 @@ async fn a_directory_comes_back_with_content_modes_times_and_links() -> Result<(
     assert_eq!(snap.summary.files, 55);
 
     let out = tmp.path().join("out");
-    let s = restore(&repo, &snap, &out, None, &Progress::hidden()).await?;
+    let s = restore(&repo, &snap, &out, Default::default(), &Progress::hidden()).await?;
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     assert_eq!(describe(&out)?, describe(&src)?);
 
     // One path only.
     let part = tmp.path().join("part");
-    restore(&repo, &snap, &part, Some("a/b/c"), &Progress::hidden()).await?;
+    restore(
+        &repo,
+        &snap,
+        &part,
+        RestoreOptions {
+            only: Some("a/b/c"),
+            delta: false,
+        },
+        &Progress::hidden(),
+    )
+    .await?;
     let names: Vec<String> = describe(&part)?.into_keys().collect();
     assert_eq!(
         names,
         ["", "a", "a/b", "a/b/c", "a/b/c/copy.log", "a/b/c/text.log"]
     );
-    let e = restore(&repo, &snap, &part, Some("nope"), &Progress::hidden())
-        .await
-        .unwrap_err();
+    let e = restore(
+        &repo,
+        &snap,
+        &part,
+        RestoreOptions {
+            only: Some("nope"),
+            delta: false,
+        },
+        &Progress::hidden(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.to_string(), "no path \"nope\" in the snapshot");
     Ok(())
 }
@@ -45,6 +64,8 @@ async fn a_second_backup_reads_only_changed_files_and_stores_only_new_chunks() -
     let src = tmp.path().join("src");
     make_tree(&src, 2)?;
     let repo = new_repo(tmp.path()).await?;
+    // Files modified within a second of a backup's start are read again by the next one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (first_id, first) = backup(&repo, &src, "full").await?;
     assert!(first.summary.new_blobs > 0);
 
@@ -64,7 +85,14 @@ async fn a_second_backup_reads_only_changed_files_and_stores_only_new_chunks() -
     );
 
     let out = tmp.path().join("out");
-    restore(&repo, &second, &out, None, &Progress::hidden()).await?;
+    restore(
+        &repo,
+        &second,
+        &out,
+        Default::default(),
+        &Progress::hidden(),
+    )
+    .await?;
     assert_eq!(describe(&out)?, describe(&src)?);
     Ok(())
 }
@@ -131,7 +159,7 @@ async fn damage_is_named_by_verify_and_fails_only_the_files_it_touches() -> Resu
     );
 
     let out = tmp.path().join("out");
-    let s = restore(&repo, &snap, &out, None, &Progress::hidden()).await?;
+    let s = restore(&repo, &snap, &out, Default::default(), &Progress::hidden()).await?;
     assert_eq!(s.failed.len(), 1);
     assert_eq!(s.failed[0].0, "large.bin");
     assert!(
@@ -195,7 +223,7 @@ async fn concurrent_backups_and_a_prune_lose_nothing() -> Result<()> {
     assert_eq!(snaps.len(), 3 - pruned.forgotten.len());
     for (id, snap) in repo.snapshots().await? {
         let out = tmp.path().join(format!("out-{}", id.short()));
-        restore(&repo, &snap, &out, None, &Progress::hidden()).await?;
+        restore(&repo, &snap, &out, Default::default(), &Progress::hidden()).await?;
         let expected = if id == rb.0 {
             describe(&b)?
         } else if id == ra.0 {
@@ -247,7 +275,7 @@ async fn prune_forgets_by_policy_and_reclaims_space() -> Result<()> {
     assert!(after < before / 2, "{after} of {before} bytes left");
     let (_, snap) = repo.find_snapshot("latest").await?;
     let out = tmp.path().join("out");
-    restore(&repo, &snap, &out, None, &Progress::hidden()).await?;
+    restore(&repo, &snap, &out, Default::default(), &Progress::hidden()).await?;
     assert_eq!(
         std::fs::read(out.join("data.bin"))?,
         random_bytes(2, 2 * 1024 * 1024)
@@ -327,7 +355,14 @@ async fn a_copy_to_a_second_repository_sends_only_what_it_lacks() -> Result<()> 
     let (_, snap) = reopened.find_snapshot("latest").await?;
     assert_eq!(snap.tier, "archive");
     let out = tmp.path().join("out");
-    restore(&reopened, &snap, &out, None, &Progress::hidden()).await?;
+    restore(
+        &reopened,
+        &snap,
+        &out,
+        Default::default(),
+        &Progress::hidden(),
+    )
+    .await?;
     assert_eq!(describe(&out)?, describe(&src)?);
     assert!(verify(&reopened, true, 100.0, &Progress::hidden())
         .await?
@@ -363,7 +398,7 @@ async fn names_that_are_not_utf8_come_back_byte_for_byte() -> Result<()> {
     let (_, snap) = backup(&repo, &src, "full").await?;
 
     let out = tmp.path().join("out");
-    let s = restore(&repo, &snap, &out, None, &Progress::hidden()).await?;
+    let s = restore(&repo, &snap, &out, Default::default(), &Progress::hidden()).await?;
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     assert_eq!(std::fs::read(out.join(latin1))?, b"latin-1 name");
     let inner = out

@@ -1570,6 +1570,7 @@ impl Run {
                     base: None,
                 },
                 &c.dir,
+                false,
                 &lifeboat_backup::progress::Progress::hidden(),
             )
             .await;

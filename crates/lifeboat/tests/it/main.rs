@@ -9,6 +9,7 @@ mod groups;
 mod monitoring;
 mod notify;
 mod operations;
+mod pg_files;
 mod quiet;
 mod redis_service;
 
