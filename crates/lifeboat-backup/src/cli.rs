@@ -342,8 +342,10 @@ enum WalCmd {
         /// Local spool directory for pg_receivewal.
         #[arg(long)]
         spool: PathBuf,
-        /// How often the segment in progress is uploaded.
-        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        /// How often the segment in progress is uploaded when it changed. Named in the
+        /// primary's synchronous_standby_names as lifeboat_wal, the streamer makes every
+        /// commit wait until its WAL is on the spool's disk (a synchronous archive).
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         every: std::time::Duration,
     },
     /// Fetch an archived WAL file (restore_command = 'lifeboat wal fetch … %f %p').

@@ -378,7 +378,9 @@ pub async fn wal_store(
         }
     }
     let key_copy = repo.key.clone();
-    let sealed = tokio::task::spawn_blocking(move || key_copy.seal(&data, 3))
+    // Streamed WAL (replaced as it grows, several times a second) is compressed fastest.
+    let level = if replace { 1 } else { 3 };
+    let sealed = tokio::task::spawn_blocking(move || key_copy.seal(&data, level))
         .await
         .expect("seal task");
     repo.storage.put(&key, sealed).await?;

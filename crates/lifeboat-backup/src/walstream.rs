@@ -63,6 +63,14 @@ impl WalStreamer {
     /// every tick, and uploads once more after stopping it.
     pub async fn run(self, cancel: CancellationToken) {
         let mut uploaded: HashMap<String, (u64, SystemTime)> = HashMap::new();
+        // What a streamer killed before it could upload left in the spool goes first, even
+        // with the server down: with a synchronous archive those are acknowledged commits.
+        if let Some(system) = self.spooled_system() {
+            let _ = self.system.set(system);
+            if let Err(e) = self.upload("", &mut uploaded, false).await {
+                self.note_error(&e);
+            }
+        }
         while !cancel.is_cancelled() {
             let conninfo = match (self.server)() {
                 Ok(c) => c,
@@ -124,6 +132,13 @@ impl WalStreamer {
         *self.status.last_error.lock().expect("status") = Some(e.to_string());
     }
 
+    /// The system identifier of the WAL in the spool, recorded there when it was first asked.
+    fn spooled_system(&self) -> Option<String> {
+        let s = std::fs::read_to_string(self.spool.join(SYSTEM)).ok()?;
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then(|| s.to_owned())
+    }
+
     /// pg_receivewal's output, inside the spool (everything the streamer writes stays in the
     /// directory it was given).
     fn log_path(&self) -> PathBuf {
@@ -134,10 +149,11 @@ impl WalStreamer {
         std::fs::create_dir_all(&self.spool).map_err(writing(&self.spool))?;
         let bin = LocalServer::find_bin_dir().map_err(|e| pg_error("continuous WAL", e))?;
         // The password goes in the children's environment, never on their command lines.
+        let conninfo = named(conninfo);
         let tool = || {
             let mut t = PgTool::new(&bin, "pg_receivewal", None);
             t.args(["-S", SLOT])
-                .conninfo("-d", conninfo, CONNECT_TIMEOUT);
+                .conninfo("-d", &conninfo, CONNECT_TIMEOUT);
             t
         };
         tool()
@@ -231,6 +247,8 @@ impl WalStreamer {
             Some(s) => s.clone(),
             None => {
                 let (id, _) = server_facts(conninfo).await?;
+                let path = self.spool.join(SYSTEM);
+                std::fs::write(&path, format!("{id}\n")).map_err(writing(&path))?;
                 self.system.get_or_init(|| id).clone()
             }
         };
@@ -293,6 +311,9 @@ impl WalStreamer {
 
 /// pg_receivewal's output, in the spool (pg_receivewal ignores what is not WAL).
 const LOG: &str = "pg_receivewal.log";
+/// The system identifier of the server whose WAL the spool holds.
+const SYSTEM: &str = "lifeboat-system";
+use lifeboat_postgres::ARCHIVE_APPLICATION_NAME as APPLICATION_NAME;
 /// Where segments the new primary does not have are set aside, in the spool.
 const DIVERGED: &str = "diverged";
 
@@ -314,6 +335,17 @@ fn writing(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
             source
         };
         Error::Io { path, source }
+    }
+}
+
+/// `conninfo` with the streamer's [`APPLICATION_NAME`], which a later keyword (or URI
+/// parameter) sets over any earlier one.
+fn named(conninfo: &str) -> String {
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        let sep = if conninfo.contains('?') { '&' } else { '?' };
+        format!("{conninfo}{sep}application_name={APPLICATION_NAME}")
+    } else {
+        format!("{conninfo} application_name={APPLICATION_NAME}")
     }
 }
 

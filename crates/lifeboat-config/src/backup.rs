@@ -116,15 +116,22 @@ pub struct WalConfig {
     /// Where `pg_receivewal` writes before upload (relative to the config file).
     #[serde(default = "default_spool")]
     pub spool_dir: PathBuf,
+    /// How often the segment being written is uploaded when it changed: the recovery point
+    /// trails the primary by about this (plus the upload's own time).
     #[serde(default = "default_upload_every")]
     pub upload_every: Dur,
+    /// Zero loss: the primary acknowledges a commit only once its WAL is on the spool's disk
+    /// (the streamer is named in `synchronous_standby_names`, beside a synchronous standby
+    /// when there is one). Commits wait while the streamer is down.
+    #[serde(default)]
+    pub synchronous: bool,
 }
 
 fn default_spool() -> PathBuf {
     PathBuf::from("lifeboat-wal-spool")
 }
 fn default_upload_every() -> Dur {
-    Dur::from_secs(1)
+    Dur::from_millis(100)
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -286,8 +293,14 @@ impl BackupConfig {
                     format!("source {:?} is not a PostgreSQL source", w.source),
                 );
             }
-            if w.upload_every.0 < std::time::Duration::from_millis(100) {
-                r.error(format!("{path}.wal.upload-every"), "must be at least 100ms");
+            if w.upload_every.0 < std::time::Duration::from_millis(20) {
+                r.error(format!("{path}.wal.upload-every"), "must be at least 20ms");
+            }
+            if w.synchronous && w.mode == WalMode::Archive {
+                r.error(
+                    format!("{path}.wal.synchronous"),
+                    "a synchronous archive streams WAL: set mode = \"stream\" (archive_command only sees finished segments)",
+                );
             }
         }
         if let Some(t) = &self.restore_test {

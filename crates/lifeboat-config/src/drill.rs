@@ -302,34 +302,24 @@ pub(crate) fn validate(c: &Config, r: &mut Report) {
                     );
                 }
                 let wal = c.backup.as_ref().and_then(|b| b.wal.as_ref());
-                let source = wal.and_then(|w| {
+                let has_source = wal.is_some_and(|w| {
                     c.backup
-                        .as_ref()?
-                        .sources
-                        .get(&w.source)
-                        .map(|src| (w, src))
+                        .as_ref()
+                        .is_some_and(|b| b.sources.contains_key(&w.source))
                 });
-                match source {
-                    None => r.error(
+                match wal {
+                    _ if !has_source => r.error(
                         format!("{path}.scenario"),
                         "data-corruption restores from the continuous WAL archive: configure [backup.wal] (and a tier that takes base backups of its source)",
                     ),
-                    Some((w, src)) => {
-                        let ours = src.follow_primary
-                            || src
-                                .postgres
-                                .as_deref()
-                                .is_some_and(|n| s.nodes().any(|(_, _, x)| x.name == n));
-                        if !ours {
-                            r.error(
-                                format!("{path}.service"),
-                                format!(
-                                    "the WAL archive (backup.wal.source = {:?}) does not follow service {}: make the source follow-primary or name one of its nodes",
-                                    w.source, d.service
-                                ),
-                            );
-                        }
-                    }
+                    Some(w) if c.wal_of(s).is_none() => r.error(
+                        format!("{path}.service"),
+                        format!(
+                            "the WAL archive (backup.wal.source = {:?}) does not follow service {}: make the source follow-primary or name one of its nodes",
+                            w.source, d.service
+                        ),
+                    ),
+                    _ => {}
                 }
                 let scratch = d.scratch_dir.is_some()
                     || c.backup.as_ref().is_some_and(|b| b.restore_test.is_some());

@@ -295,6 +295,31 @@ impl Config {
     pub fn tier(&self, service: &ServiceConfig) -> Option<&TierConfig> {
         self.tiers.get(&service.tier)
     }
+
+    /// `[backup.wal]` and its source, when the source follows the primary (of the one
+    /// PostgreSQL service) or names a node of `service`: that service's WAL archive.
+    pub fn wal_of(
+        &self,
+        service: &ServiceConfig,
+    ) -> Option<(&crate::backup::WalConfig, &crate::backup::SourceConfig)> {
+        let b = self.backup.as_ref()?;
+        let w = b.wal.as_ref()?;
+        let src = b.sources.get(&w.source)?;
+        let ours = src.follow_primary
+            || src
+                .postgres
+                .as_deref()
+                .is_some_and(|n| service.nodes().any(|(_, _, x)| x.name == n));
+        ours.then_some((w, src))
+    }
+
+    /// Whether `service`'s primary must wait for its WAL archive on every commit.
+    pub fn synchronous_archive_of(&self, service: &str) -> bool {
+        self.services
+            .get(service)
+            .and_then(|s| self.wal_of(s))
+            .is_some_and(|(w, _)| w.synchronous)
+    }
 }
 
 impl ServiceConfig {

@@ -5,7 +5,7 @@ use crate::model::{FailoverMode, RegionRole, ReplicationMode};
 use crate::notice::{Condition, Severity};
 use crate::plan::{Decision, FenceMode, Plan, PlanKind, Step};
 use crate::time::{format_bytes, Millis};
-use crate::view::{ClusterView, NodeView, Policy};
+use crate::view::{ClusterView, NodeView, Policy, SYNC_ARCHIVE};
 use serde::{Deserialize, Serialize};
 
 /// An operator's request that needs a plan.
@@ -158,7 +158,7 @@ fn primary_up(v: &ClusterView, p: &Policy, primary: &NodeView) -> Decision {
             lag_bytes: None,
         });
     }
-    if p.replication.is_sync() {
+    if p.replication.is_sync() || p.sync_archive {
         let desired = sync_names(v, p, primary, None);
         if !facts.sync.satisfies(&desired) {
             let (kind, why) = if desired.is_empty() {
@@ -337,7 +337,11 @@ fn eligibility(
         }
         // An acknowledged write reached at least one synchronous replica: the candidate must
         // hold everything each of the others may hold.
-        for other in pf.sync_replicas.iter().filter(|o| *o != name) {
+        for other in pf
+            .sync_replicas
+            .iter()
+            .filter(|o| *o != name && !(p.sync_archive && *o == SYNC_ARCHIVE))
+        {
             let seen = v
                 .node(other)
                 .filter(|o| o.health.is_up())
@@ -394,7 +398,12 @@ fn sync_names(
         })
         .collect();
     cands.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.name.cmp(&b.name)));
-    cands.into_iter().map(|n| n.name.clone()).collect()
+    // A synchronous archive comes first: every commit waits for it, and for a standby too.
+    p.sync_archive
+        .then(|| SYNC_ARCHIVE.to_owned())
+        .into_iter()
+        .chain(cands.into_iter().map(|n| n.name.clone()))
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -20,4 +20,6 @@ pub use health::{Health, Thresholds, Tracker};
 pub use plan::{Decision, FenceMode, Plan, PlanKind, Step};
 pub use time::Millis;
 pub use transition::{after_plan, after_step, before_step, StepOutcome};
-pub use view::{ClusterView, ControllerState, Facts, NodeView, Policy, Role, SyncSetting};
+pub use view::{
+    ClusterView, ControllerState, Facts, NodeView, Policy, Role, SyncSetting, SYNC_ARCHIVE,
+};

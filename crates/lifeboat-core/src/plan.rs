@@ -223,6 +223,13 @@ impl fmt::Display for Step {
             Step::SetSyncStandbys { node, names } if names.is_empty() => {
                 write!(f, "let writes on {node} wait for no replica")
             }
+            Step::SetSyncStandbys { node, names } if names[0] == crate::SYNC_ARCHIVE => {
+                write!(f, "make writes on {node} wait for the WAL archive")?;
+                match &names[1..] {
+                    [] => Ok(()),
+                    rest => write!(f, " and a synchronous replica (first of {})", rest.join(", ")),
+                }
+            }
             Step::SetSyncStandbys { node, names } => {
                 write!(
                     f,

@@ -50,7 +50,9 @@ pub struct Facts {
 #[serde(rename_all = "kebab-case")]
 pub enum SyncSetting {
     /// Writes wait for the first connected replica of these, in order (PostgreSQL's
-    /// `synchronous_standby_names = 'FIRST 1 (…)'`); empty: writes wait for none. A setting
+    /// `synchronous_standby_names = 'FIRST 1 (…)'`); when the first is the policy's
+    /// synchronous archive, for it and the first connected replica after it
+    /// (`FIRST 2 (…)`). Empty: writes wait for none. A setting
     /// Lifeboat did not write reads as one name that is the whole setting, so it never
     /// matches what Lifeboat wants and is replaced.
     Names(Vec<String>),
@@ -116,6 +118,10 @@ impl NodeView {
     }
 }
 
+/// The name Lifeboat's WAL streamer gives its replication connection, and so the name a
+/// primary's synchronous setting lists for a synchronous WAL archive.
+pub const SYNC_ARCHIVE: &str = "lifeboat_wal";
+
 /// Policy knobs from the config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
@@ -123,6 +129,10 @@ pub struct Policy {
     pub replication: ReplicationMode,
     pub max_lag_bytes: u64,
     pub cooldown_ms: u64,
+    /// A synchronous WAL archive ([`SYNC_ARCHIVE`]) is configured: every commit on the
+    /// primary also waits for it, whatever `replication` says. It is not a node and never a
+    /// failover candidate.
+    pub sync_archive: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -192,6 +192,7 @@ impl Controller {
                 replication: f.replication,
                 max_lag_bytes: f.max_lag.0,
                 cooldown_ms: f.cooldown.get().as_millis() as u64,
+                sync_archive: cfg.synchronous_archive_of(&service.name),
             },
             thresholds: Thresholds {
                 failure: sc.probe.failure_threshold,

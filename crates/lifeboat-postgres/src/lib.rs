@@ -19,6 +19,10 @@ mod sql;
 mod tool;
 
 pub use conninfo::split_password;
+
+/// The name Lifeboat's WAL streamer (`pg_receivewal`) gives its replication connection, and so
+/// the name a primary's `synchronous_standby_names` lists for a synchronous WAL archive.
+pub const ARCHIVE_APPLICATION_NAME: &str = lifeboat_core::SYNC_ARCHIVE;
 pub use error::PgError;
 pub use local::{InitOptions, LocalServer, StopMode};
 pub use lsn::{format_lsn, parse_lsn, parse_wal_file_name, wal_file_name};

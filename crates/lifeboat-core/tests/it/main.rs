@@ -19,6 +19,7 @@ pub fn policy() -> Policy {
         replication: ReplicationMode::Async,
         max_lag_bytes: 16 << 20,
         cooldown_ms: 300_000,
+        sync_archive: false,
     }
 }
 

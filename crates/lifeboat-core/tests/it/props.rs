@@ -108,6 +108,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
         Just(ReplicationMode::SyncStrict)
     ];
     (mode, repl, 0u64..(32 << 20)).prop_map(|(mode, replication, max_lag_bytes)| Policy {
+        sync_archive: false,
         mode,
         replication,
         max_lag_bytes,

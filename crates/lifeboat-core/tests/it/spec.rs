@@ -1,7 +1,7 @@
 use crate::*;
 use expect_test::{expect, Expect};
 use lifeboat_core::model::{FailoverMode, ReplicationMode};
-use lifeboat_core::{decide, plan_command, ClusterView, Command, Health, Policy};
+use lifeboat_core::{decide, plan_command, ClusterView, Command, Health, Policy, SyncSetting};
 
 fn check(v: &ClusterView, p: &Policy, expected: Expect) {
     expected.assert_eq(&decide(v, p, T0.plus_ms(1_000)).to_string());
@@ -453,6 +453,71 @@ fn with_several_synchronous_replicas_only_the_one_holding_every_acknowledged_wri
               - pg-c is in cold region ap-south: promoted only on an operator's command
               - standby pg-d is down since 22:13:20.000: connection refused
               - no standby can be promoted safely: not failing over
+        "#]],
+    );
+}
+
+#[test]
+fn a_synchronous_archive_is_waited_for_and_is_never_taken_for_a_standby() {
+    let mut v = cluster();
+    let archive = Policy {
+        sync_archive: true,
+        ..policy()
+    };
+    // Asynchronous replication: commits wait for the archive alone.
+    check(
+        &v,
+        &archive,
+        expect![[r#"
+            plan sync-on (epoch 3)
+              1. make writes on pg-a wait for the WAL archive
+            because:
+              - synchronous replication to lifeboat_wal
+        "#]],
+    );
+    // Synchronous replication: for the archive and the first healthy standby.
+    let both = Policy {
+        replication: ReplicationMode::Sync,
+        ..archive.clone()
+    };
+    set(&mut v, "pg-a", |n| {
+        n.facts = Some(primary_facts(1 << 30, &["pg-b"]))
+    });
+    check(
+        &v,
+        &both,
+        expect![[r#"
+            plan sync-on (epoch 3)
+              1. make writes on pg-a wait for the WAL archive and a synchronous replica (first of pg-b)
+            because:
+              - synchronous replication to lifeboat_wal, pg-b
+        "#]],
+    );
+    // The primary lost: the archive, synchronous like pg-b, is no standby that might hold
+    // more, and pg-b is promoted, its new setting again naming the archive first.
+    set(&mut v, "pg-a", |n| {
+        let mut f = primary_facts(1 << 30, &["lifeboat_wal", "pg-b"]);
+        f.sync = SyncSetting::Names(vec!["lifeboat_wal".into(), "pg-b".into()]);
+        n.facts = Some(f);
+        n.health = down(T0);
+    });
+    check(
+        &v,
+        &both,
+        expect![[r#"
+            plan failover (epoch 4)
+              1. block endpoint traffic to pg-a
+              2. fence pg-a in the background, retried until reached (does not delay what follows)
+              3. promote pg-b
+              4. mark pg-a as needing rejoin
+              5. make writes on pg-b wait for the WAL archive
+              6. route the endpoint to pg-b (epoch 4)
+              7. write a heartbeat on pg-b
+            because:
+              - primary pg-a down since 22:13:20.000: connection refused
+              - standby pg-b is eligible, 0 B behind
+              - pg-c is in cold region ap-south: promoted only on an operator's command
+              - promoting pg-b
         "#]],
     );
 }

@@ -302,20 +302,29 @@ fn facts_of(o: &PgObservation) -> Facts {
     }
 }
 
-/// `FIRST 1 ("a", "b")` for a priority list of standbys; empty for none.
+/// `FIRST 1 ("a", "b")` for a priority list of standbys; empty for none. A list that starts
+/// with the synchronous WAL archive waits for it and the first standby after it:
+/// `FIRST 2 ("lifeboat_wal", "a", "b")`.
 pub fn sync_names_value(names: &[String]) -> String {
     if names.is_empty() {
         return String::new();
     }
+    let archive_first = names[0] == lifeboat_core::SYNC_ARCHIVE;
+    let wait_for = if archive_first && names.len() > 1 {
+        2
+    } else {
+        1
+    };
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
-    format!("FIRST 1 ({})", quoted.join(", "))
+    format!("FIRST {wait_for} ({})", quoted.join(", "))
 }
 
 /// The setting as names when it is one Lifeboat writes ([`sync_names_value`]); any other
 /// setting reads as one name that is the whole setting, so Lifeboat replaces it.
 fn parse_sync_names(value: &str) -> SyncSetting {
-    let names: Option<Vec<String>> = value
-        .strip_prefix("FIRST 1 (")
+    let names: Option<Vec<String>> = ["FIRST 1 (", "FIRST 2 ("]
+        .iter()
+        .find_map(|p| value.strip_prefix(p))
         .and_then(|v| v.strip_suffix(')'))
         .map(|list| {
             list.split(", ")
@@ -345,5 +354,17 @@ mod tests {
             parse_sync_names("ANY 1 (a, b)"),
             SyncSetting::Names(vec!["ANY 1 (a, b)".into()])
         );
+        // With the synchronous archive first, commits wait for it and one standby.
+        let names = vec!["lifeboat_wal".to_string(), "eu-west-2".to_string()];
+        let value = sync_names_value(&names);
+        assert_eq!(value, r#"FIRST 2 ("lifeboat_wal", "eu-west-2")"#);
+        assert_eq!(parse_sync_names(&value), SyncSetting::Names(names));
+        assert_eq!(
+            sync_names_value(&["lifeboat_wal".to_string()]),
+            r#"FIRST 1 ("lifeboat_wal")"#
+        );
+        // Waiting for only one of them is not what Lifeboat wants: it is replaced.
+        let one = r#"FIRST 1 ("lifeboat_wal", "eu-west-2")"#;
+        assert_eq!(parse_sync_names(one), SyncSetting::Names(vec![one.into()]));
     }
 }

@@ -676,6 +676,7 @@ keep = {{ last = 1 }}
 source = "db"
 repository = "main"
 spool-dir = "{spool}"
+synchronous = true
 
 [backup.restore-test]
 source = "db"
@@ -721,6 +722,27 @@ scratch-dir = "{scratch}"
             daemon.log()
         );
     }
+    // The synchronous archive: the daemon made the primary's commits wait for the streamer
+    // (asynchronous replication, so for it alone), and they are acknowledged.
+    let db = regions.primary.client().await?;
+    let setting: String = db
+        .query_one("SHOW synchronous_standby_names", &[])
+        .await?
+        .get(0);
+    assert_eq!(setting, r#"FIRST 1 ("lifeboat_wal")"#, "{}", daemon.log());
+    let sync: String = db
+        .query_one(
+            "SELECT string_agg(application_name || ' ' || sync_state, ',') FROM pg_stat_replication WHERE application_name = 'lifeboat_wal'",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(sync, "lifeboat_wal sync");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        db.batch_execute("CREATE TABLE acked (id int)"),
+    )
+    .await??;
     // Let a few more runs happen; retention keeps the newest two of each source.
     tokio::time::sleep(Duration::from_secs(5)).await;
     drop(daemon);

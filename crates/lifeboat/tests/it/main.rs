@@ -12,6 +12,7 @@ mod operations;
 mod pg_files;
 mod quiet;
 mod redis_service;
+mod sync_archive;
 
 use anyhow::{bail, Context, Result};
 use lifeboat_testkit::TwoRegions;
