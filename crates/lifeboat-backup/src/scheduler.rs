@@ -51,6 +51,7 @@ struct Metrics {
     wal_last_sync: FGauge,
     wal_lag: FGauge,
     wal_segments: Gauge,
+    wal_synchronous: Gauge,
     restore_test_ok: Gauge,
     restore_test_duration: FGauge,
     restore_test_last: FGauge,
@@ -321,6 +322,11 @@ impl Scheduler {
             m.wal_segments.clone(),
         );
         r.register(
+            "lifeboat_backup_wal_synchronous",
+            "1 when the primary's commits wait for the WAL archive ([backup.wal] synchronous): a growing recovery point lag then means waiting commits",
+            m.wal_synchronous.clone(),
+        );
+        r.register(
             "lifeboat_backup_restore_test_success",
             "1 when the last scheduled restore test passed",
             m.restore_test_ok.clone(),
@@ -390,7 +396,8 @@ impl Scheduler {
                 )))
             }
         };
-        info!(source = %w.source, repository = %w.repository, every = ?w.upload_every.get(), "continuous WAL streaming");
+        info!(source = %w.source, repository = %w.repository, every = ?w.upload_every.get(), synchronous = w.synchronous, "continuous WAL streaming");
+        self.metrics.wal_synchronous.set(i64::from(w.synchronous));
         Ok(WalStreamer {
             repo,
             server,

@@ -24,6 +24,8 @@ mod m {
     pub const BACKUP_AGE: &str = "lifeboat_backup_age_seconds";
     pub const BACKUP_RPO_EXCEEDED: &str = "lifeboat_backup_rpo_exceeded";
     pub const RESTORE_TEST_SUCCESS: &str = "lifeboat_backup_restore_test_success";
+    pub const WAL_LAG: &str = "lifeboat_backup_wal_recovery_point_lag_seconds";
+    pub const WAL_SYNCHRONOUS: &str = "lifeboat_backup_wal_synchronous";
     pub const RESTORE_TEST_LAST: &str = "lifeboat_backup_restore_test_last_timestamp_seconds";
     pub const DRILL_PASSED: &str = "lifeboat_drill_passed";
     pub const DRILL_RTO: &str = "lifeboat_drill_rto_seconds";
@@ -234,6 +236,38 @@ fn checks(job: &str) -> Vec<Check> {
                     no_value: "no backups",
                 },
             ],
+        },
+        Check {
+            alert: Alert {
+                name: "LifeboatSynchronousArchiveBehind",
+                note: &[],
+                expr: format!(
+                    "{} > 5 and on(job, instance) {} == 1",
+                    m::WAL_LAG,
+                    m::WAL_SYNCHRONOUS
+                ),
+                hold: Some("15s"),
+                severity: Severity::Critical,
+                summary: "Lifeboat: commits on the primary wait for the WAL archive",
+                description: "The WAL archive is synchronous ([backup.wal] synchronous = true) \
+                    and the repository has not been level with the primary for \
+                    {{ $value | humanizeDuration }}: the streamer is down or cannot keep up, \
+                    and every commit waits for it.",
+                runbook: "lifeboat status and the daemon log (the streamer's last error); to \
+                    let commits go on without the archive, set synchronous = false and reload, \
+                    accepting a recovery point above zero",
+            },
+            stats: vec![Stat {
+                title: "WAL archive behind",
+                description: "Seconds since the repository last held all the WAL the \
+                    streamer had received: the recovery point of a loss now.",
+                expr: m::WAL_LAG.to_owned(),
+                legend: "recovery point lag",
+                unit: "s",
+                words: &[],
+                thresholds: ("green", &[(1.0, "orange"), (5.0, "red")]),
+                no_value: "no continuous WAL",
+            }],
         },
         Check {
             alert: Alert {
