@@ -6,7 +6,7 @@ use crate::backup::{json, lb, new_repo, ok};
 use crate::{stderr, BIN};
 use anyhow::Result;
 use lifeboat_postgres::InitOptions;
-use lifeboat_testkit::{PgCluster, TestDir};
+use lifeboat_testkit::{PgCluster, S3Server, TestDir};
 use serde_json::Value;
 
 /// `lifeboat backup run --postgres … --data-dir …` with `extra` flags; the snapshot's JSON.
@@ -140,6 +140,49 @@ async fn incremental_base_backups_read_only_changed_files_and_miss_no_change() -
     assert_eq!(v, "2");
     let n = PgCluster::query_restored(&dir, "second", "SELECT count(*)::text FROM big").await?;
     assert_eq!(n, "20000");
+
+    // The same restore in a second region: everything copied to S3, restored from there
+    // and started on a port of our choosing.
+    let s3 = S3Server::start().await?;
+    s3.create_bucket("second-region").await?;
+    let env = s3.env();
+    let dr = "s3://second-region/lifeboat";
+    ok(lb(dr, &env, &["backup", "init", "--from-repo", repo]).output()?)?;
+    ok(lb(repo, &env, &["backup", "copy", "--to", dr]).output()?)?;
+    let port = lifeboat_testkit::free_port()?;
+    let to = dir.path().join("from-s3");
+    let out = ok(lb(
+        dr,
+        &env,
+        &["restore", "postgres", "--json", "--start", "--port"],
+    )
+    .arg(port.to_string())
+    .arg("--to")
+    .arg(&to)
+    .output()?)?;
+    assert_eq!(json(&out)?["started"]["port"], port);
+    let restored = lifeboat_postgres::ConnInfo {
+        port,
+        ..pg.conninfo()
+    };
+    let c = lifeboat_postgres::connect(&restored, std::time::Duration::from_secs(10)).await?;
+    let v: String = c
+        .query_one("SELECT string_agg(DISTINCT v::text, ',') FROM t", &[])
+        .await?
+        .get(0);
+    assert_eq!(v, "2", "the latest value, from the second region");
+    drop(c);
+    lifeboat_postgres::LocalServer {
+        bin_dir: lifeboat_postgres::LocalServer::find_bin_dir()?,
+        data_dir: to,
+        os_user: None,
+        port,
+    }
+    .stop(
+        lifeboat_postgres::StopMode::Fast,
+        std::time::Duration::from_secs(30),
+    )
+    .await?;
 
     // Bad input: a data directory of another server is refused, naming both identities.
     let other = PgCluster::primary(&dir, "other", InitOptions::default()).await?;
