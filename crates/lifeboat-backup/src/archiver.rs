@@ -55,14 +55,7 @@ pub async fn backup_paths(
         s.kind == SourceKind::Directory && s.source == opts.source && s.roots == root_names
     })
     .await?;
-    let read = read_tree(
-        &writer,
-        &abs,
-        parent.as_ref().map(|p| &p.1),
-        |_| false,
-        progress,
-    )
-    .await;
+    let read = read_tree(&writer, &abs, parent.as_ref(), |_| false, progress).await;
     let (nodes, mut summary) = match read {
         Ok(r) => r,
         Err(e) => return Err(writer.abandon().await.unwrap_or(e)),
@@ -126,20 +119,26 @@ pub(crate) fn unchanged(before: &Node, now: &Node, parent_began: time::OffsetDat
 pub(crate) async fn read_tree(
     writer: &Writer,
     roots: &[PathBuf],
-    parent: Option<&Snapshot>,
+    parent: Option<&(crate::crypto::Id, Snapshot)>,
     skip: fn(&str) -> bool,
     progress: &Progress,
 ) -> Result<(Vec<Node>, Summary)> {
     // Files of the parent whose chunks are all still indexed, by path.
     let mut previous: Vec<Node> = Vec::new();
-    if let Some(p) = parent {
+    if let Some((id, p)) = parent {
         let index = writer.index();
         crate::restorer::for_each_node(&writer.repo, index, p, |n| {
             if n.kind == NodeKind::File && n.chunks.iter().all(|c| index.contains(c)) {
                 previous.push(n);
             }
         })
-        .await?;
+        .await
+        .map_err(|e| {
+            Error::corrupt(format!(
+                "the parent snapshot {} cannot be read ({e}); run `lifeboat backup verify`, and take a full backup (--full) to go on",
+                id.short()
+            ))
+        })?;
     }
 
     let walk_roots = roots.to_vec();
@@ -156,7 +155,7 @@ pub(crate) async fn read_tree(
                 summary.files += 1;
                 summary.bytes += n.size;
                 match (by_path.get(n.path.as_str()), parent) {
-                    (Some(p), Some(parent)) if unchanged(p, n, parent.time) => {
+                    (Some(p), Some((_, parent))) if unchanged(p, n, parent.time) => {
                         n.chunks = p.chunks.clone()
                     }
                     _ => todo.push(i),

@@ -208,7 +208,7 @@ async fn take(
     let (mut nodes, mut summary) = read_tree(
         writer,
         &[data_dir.to_path_buf()],
-        parent.map(|p| &p.1),
+        parent,
         excluded,
         progress,
     )

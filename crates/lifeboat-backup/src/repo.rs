@@ -204,7 +204,10 @@ impl Repo {
             .collect())
     }
 
-    /// Reads every index file.
+    /// Reads every index file, leaving out packs that are no longer stored (a deleted file, a
+    /// bucket rule): a blob is found in a pack that holds it, and a backup stores again what
+    /// only a lost pack held, instead of referring to it. `lifeboat backup verify` reports the
+    /// snapshots the loss damaged.
     pub async fn load_index(&self) -> Result<Index> {
         let keys = self.index_keys().await?;
         let files: Vec<IndexFile> = futures::stream::iter(keys)
@@ -212,11 +215,30 @@ impl Repo {
             .buffer_unordered(PARALLEL_IO)
             .try_collect()
             .await?;
+        let stored: std::collections::HashSet<String> = self
+            .storage
+            .list("data/")
+            .await?
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
         let mut index = Index::default();
+        let mut lost = std::collections::HashSet::new();
         for f in &files {
             for p in &f.packs {
-                index.add_pack(p);
+                if stored.contains(&pack_key(&p.id)) {
+                    index.add_pack(p);
+                } else {
+                    lost.insert(p.id);
+                }
             }
+        }
+        if !lost.is_empty() {
+            tracing::warn!(
+                repository = self.location(),
+                packs = lost.len(),
+                "packs listed in the index are missing: what only they held is stored again by the next backup; `lifeboat backup verify` shows the damaged snapshots"
+            );
         }
         Ok(index)
     }

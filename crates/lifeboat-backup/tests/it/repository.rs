@@ -426,3 +426,48 @@ async fn names_that_are_not_utf8_come_back_byte_for_byte() -> Result<()> {
     assert_eq!(names, want);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backup_after_a_lost_pack_stores_its_content_again_instead_of_referring_to_it(
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let src = tmp.path().join("src");
+    make_tree(&src, 4)?;
+    let repo = new_repo(tmp.path()).await?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let (first_id, first) = backup(&repo, &src, "full").await?;
+    // A pack of the parent is lost (the index still lists it).
+    let data = tmp.path().join("repo/data");
+    let pack = std::fs::read_dir(&data)?
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    std::fs::remove_file(&pack)?;
+    // Nothing changed, yet the files whose content was in that pack are read again: the
+    // incremental is whole.
+    let (_, second) = backup(&repo, &src, "incremental").await?;
+    assert_eq!(second.parent, Some(first_id));
+    assert!(
+        second.summary.files_read > 0 && second.summary.files_read < first.summary.files,
+        "{:?}",
+        second.summary
+    );
+    let out = tmp.path().join("out");
+    let s = restore(
+        &repo,
+        &second,
+        &out,
+        Default::default(),
+        &Progress::hidden(),
+    )
+    .await?;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(describe(&out)?, describe(&src)?);
+    // What the lost pack held is stored again, so the parent restores whole too.
+    let old = tmp.path().join("old");
+    let s = restore(&repo, &first, &old, Default::default(), &Progress::hidden()).await?;
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(describe(&old)?, describe(&src)?);
+    Ok(())
+}
