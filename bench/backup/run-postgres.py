@@ -3,21 +3,34 @@
 point of Lifeboat's continuous WAL.
 
   run-postgres.py [--reps N] [--scale S] [--work DIR] [--lifeboat PATH] [--out FILE]
-                  [--only backup|recovery-point]
+                  [--only backup|recovery-point] [--no-barman] [--rate COMMITS_PER_S]
+  run-postgres.py --summarize FILE        (the tables of an earlier run)
 
-Needs, besides the release build: `apt-get install -y pgbackrest` and
+Needs, besides the release build: `apt-get install -y pgbackrest barman` and
 `python3 -m pip install 'psycopg[binary]'` (the recovery point's client).
 
-1. A PostgreSQL 15 cluster with `pgbench -i -s S` (70: about 1 GiB). Per repetition, on fresh
-   repositories, both with compression and encryption (Lifeboat: zstd level 1, AES-256-GCM;
-   pgBackRest: compress-type=zst at its default level, repo1-cipher-type=aes-256-cbc,
-   process-max=2 for the 2 cores): a full backup, then a full restore into an empty directory.
-   Wall time and peak memory (max RSS).
-2. Recovery point: a second, small cluster takes single-row commits as fast as one client can;
-   Lifeboat streams its WAL (`lifeboat wal stream`, upload every 1 s); at a random moment the
-   primary's whole process tree AND the streamer (with its pg_receivewal) are SIGKILLed at once,
-   so only what already reached the repository counts. The newest backup is restored, started,
-   and the last restored commit compared with the last acknowledged one.
+1. A PostgreSQL 15 cluster with `pgbench -i -s S` (70: about 1 GiB). Lifeboat (base backups
+   read from the data directory, --data-dir; zstd level 1, AES-256-GCM) against pgBackRest 2.45
+   (compress-type=zst at its default level, repo1-cipher-type=aes-256-cbc, process-max=2 for
+   the 2 cores) and Barman 3.4 (backup_method = postgres: pg_basebackup, the only method
+   without SSH; gzip), per repetition:
+   - a full backup (Lifeboat --full, pgBackRest --type=full, Barman backup);
+   - the rows of the first 5 % of pgbench_accounts' pages updated, then an incremental
+     (Lifeboat's default, pgBackRest --type=incr; Barman's postgres method has none);
+   - a full restore of the newest backup into an empty directory (Barman: recover latest);
+   - a delta restore: 5 % of the largest relation file's pages of each restored directory
+     overwritten, then restored again over itself (Lifeboat --delta, pgBackRest --delta:
+     both compare content, not sizes and times; Barman has none).
+   Wall time and peak memory (max RSS), medians over the repetitions.
+2. Recovery point: a second, small cluster takes single-row commits from one client, paced at
+   --rate a second (1,800 by default; 0: as fast as it can);
+   Lifeboat streams its WAL (`lifeboat wal stream`, upload every 100 ms); at a random moment
+   the primary's whole process tree AND the streamer (with its pg_receivewal) are SIGKILLed at
+   once. Asynchronous: only what already reached the repository counts. With the synchronous
+   archive (synchronous_standby_names = 'FIRST 1 ("lifeboat_wal")', as the daemon manages it)
+   the streamer is started again afterwards and uploads its spool. The newest backup is
+   restored, started, and the last restored commit compared with the last acknowledged one;
+   the client's commit latency is recorded in both modes.
 """
 import argparse
 import json
@@ -113,13 +126,63 @@ def children(pid):
     return out
 
 
+def psql(pg, sql):
+    return sh([f"{PG_BIN}/psql", "-At", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-c", sql], capture=True).strip()
+
+
+def change_pages(pg, fraction):
+    """Updates the rows of the first `fraction` of pgbench_accounts' pages (contiguous aids),
+    then checkpoints: about that share of its pages, and of the database, changes."""
+    n = int(psql(pg, "SELECT count(*) FROM pgbench_accounts"))
+    psql(pg, f"UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= {int(n * fraction)}")
+    psql(pg, "CHECKPOINT")
+    time.sleep(1.5)  # files written in the second before a backup are read again by the next
+
+
+def barman_setup(work, pg):
+    """A Barman 3.4 server for `pg`, run as the postgres user: backup_method = postgres
+    (pg_basebackup) and a streaming archiver, the only methods without SSH."""
+    home = os.path.join(work, "barman-home")
+    mkdir_pg(home)
+    conf = os.path.join(work, "barman.conf")
+    with open(conf, "w") as f:
+        f.write(f"""[barman]
+barman_home = {home}
+barman_user = postgres
+log_file = {work}/barman.log
+log_level = WARNING
+compression = gzip
+
+[bench]
+conninfo = host=127.0.0.1 port={pg.port} user=postgres dbname=postgres
+streaming_conninfo = host=127.0.0.1 port={pg.port} user=postgres
+backup_method = postgres
+streaming_archiver = on
+slot_name = barman
+create_slot = auto
+path_prefix = {PG_BIN}
+""")
+    os.chmod(conf, 0o644)
+    b = ["barman", "-c", conf, "-q"]
+    sh(b + ["receive-wal", "--create-slot", "bench"], as_postgres=True, check=False)
+    sh(b + ["cron"], as_postgres=True)
+    # Bounded: until its checks pass (the streaming archiver runs, a WAL file is archived).
+    for _ in range(60):
+        sh(b + ["switch-wal", "--force", "--archive", "--archive-timeout", "20", "bench"], as_postgres=True, check=False)
+        sh(b + ["cron"], as_postgres=True, check=False)
+        if sh(b + ["check", "bench"], as_postgres=True, check=False).returncode == 0:
+            return b
+        time.sleep(1)
+    sys.exit("barman check never passed: " + sh(b + ["check", "bench"], as_postgres=True, check=False).stdout)
+
+
 def bench_backup_restore(a, lifeboat, work, results):
     pg = Cluster(work, "pgbench-data", "archive_mode = on\narchive_command = 'pgbackrest --config=%s --stanza=bench archive-push %%p'\n" % os.path.join(work, "pgbackrest.conf"))
     try:
         print(f"pgbench -i -s {a.scale}", flush=True)
         sh([f"{PG_BIN}/pgbench", "-i", "-q", "-s", str(a.scale), "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "postgres"])
-        size = sh([f"{PG_BIN}/psql", "-At", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "postgres", "-c", "SELECT pg_database_size('postgres')"], capture=True).strip()
-        results["database_bytes"] = int(size)
+        psql(pg, "CHECKPOINT")
+        results["database_bytes"] = int(psql(pg, "SELECT pg_database_size('postgres')"))
         for d in ["pgbr-repo", "pgbr-log", "pgbr-lock", "pgbr-spool"]:
             mkdir_pg(os.path.join(work, d))
         conf = os.path.join(work, "pgbackrest.conf")
@@ -142,22 +205,44 @@ pg1-port={pg.port}
 pg1-socket-path={pg.sock}
 """)
         os.chmod(conf, 0o644)
-        sh(["pgbackrest", f"--config={conf}", "--stanza=bench", "stanza-create"], as_postgres=True)
-        sh(["pgbackrest", f"--config={conf}", "--stanza=bench", "check"], as_postgres=True)
+        br = ["pgbackrest", f"--config={conf}", "--stanza=bench"]
+        sh(br + ["stanza-create"], as_postgres=True)
+        sh(br + ["check"], as_postgres=True)
+        barman = barman_setup(work, pg) if not a.no_barman else None
+        time.sleep(1.5)
         for rep in range(a.reps):
             repo = os.path.join(work, f"lb-repo-{rep}")
             env = {"LIFEBOAT_PASSWORD": PASSWORD, "LIFEBOAT_REPO": repo}
             sh([lifeboat, "backup", "init"], env=env)
+            lb_backup = [lifeboat, "backup", "run", "--json", "--postgres", pg.conninfo(), "--data-dir", pg.data]
             row = {}
-            row["lifeboat_backup"] = timed([lifeboat, "backup", "run", "--postgres", pg.conninfo()], env=env)
-            row["pgbackrest_backup"] = timed(["pgbackrest", f"--config={conf}", "--stanza=bench", "--type=full", "backup"], as_postgres=True)
-            to = os.path.join(work, f"lb-restore-{rep}")
-            row["lifeboat_restore"] = timed([lifeboat, "restore", "postgres", "--to", to], env=env)
-            shutil.rmtree(to)
-            to = os.path.join(work, f"pgbr-restore-{rep}")
-            mkdir_pg(to)
-            row["pgbackrest_restore"] = timed(["pgbackrest", f"--config={conf}", "--stanza=bench", f"--pg1-path={to}", "restore"], as_postgres=True)
-            shutil.rmtree(to)
+            # Full backups.
+            row["lifeboat_full"] = timed(lb_backup + ["--full"], env=env)
+            row["pgbackrest_full"] = timed(br + ["--type=full", "backup"], as_postgres=True)
+            if barman:
+                row["barman_full"] = timed(barman + ["backup", "--wait", "bench"], as_postgres=True)
+            # 5 % of the pages change; incremental backups.
+            change_pages(pg, 0.05)
+            row["lifeboat_incremental"] = timed(lb_backup, env=env)
+            row["pgbackrest_incremental"] = timed(br + ["--type=incr", "backup"], as_postgres=True)
+            # Full restores of the newest backup into an empty directory.
+            lb_to, br_to = os.path.join(work, f"lb-restore-{rep}"), os.path.join(work, f"pgbr-restore-{rep}")
+            row["lifeboat_restore"] = timed([lifeboat, "restore", "postgres", "--to", lb_to], env=env)
+            mkdir_pg(br_to)
+            row["pgbackrest_restore"] = timed(br + [f"--pg1-path={br_to}", "restore"], as_postgres=True)
+            if barman:
+                bm_to = os.path.join(work, f"barman-restore-{rep}")
+                mkdir_pg(bm_to)
+                row["barman_restore"] = timed(barman + ["recover", "bench", "latest", bm_to], as_postgres=True)
+                shutil.rmtree(bm_to)
+            # Delta restores: each tool's restore of the newest backup, with 5 % of the
+            # table's pages then damaged, restored again over itself.
+            for to in (lb_to, br_to):
+                damage(to, 0.05)
+            row["lifeboat_delta"] = timed([lifeboat, "restore", "postgres", "--delta", "--to", lb_to], env=env)
+            row["pgbackrest_delta"] = timed(br + [f"--pg1-path={br_to}", "--delta", "restore"], as_postgres=True)
+            for to in (lb_to, br_to):
+                shutil.rmtree(to)
             row["lifeboat_repo_mib"] = int(sh(["du", "-sm", repo], capture=True).split()[0])
             shutil.rmtree(repo)
             results["backup_restore"].append(row)
@@ -167,30 +252,65 @@ pg1-socket-path={pg.sock}
         pg.stop()
 
 
-def bench_recovery_point(a, lifeboat, work, results):
+def damage(data_dir, fraction):
+    """Overwrites `fraction` of the 8 KiB pages of the largest relation file of a restored
+    data directory, spread through it."""
+    base = os.path.join(data_dir, "base")
+    files = [os.path.join(r, f) for r, _, fs in os.walk(base) for f in fs]
+    largest = max(files, key=os.path.getsize)
+    pages = os.path.getsize(largest) // 8192
+    step = max(1, int(1 / fraction))
+    with open(largest, "r+b") as f:
+        for p in range(0, pages, step):
+            f.seek(p * 8192)
+            f.write(b"\xab" * 8192)
+
+
+def bench_recovery_point(a, lifeboat, work, results, synchronous):
+    """Single-row commits from one client; the primary's whole process tree and the streamer's
+    (with its pg_receivewal) are SIGKILLed at once at a random moment. Asynchronous: what had
+    reached the repository counts. Synchronous archive (the primary's commits wait for
+    lifeboat_wal): the streamer is started again, with the primary gone, and uploads what its
+    spool holds, as the daemon does when its host comes back."""
     import psycopg
+    key = "recovery_point_sync" if synchronous else "recovery_point"
     for rep in range(a.reps):
         root = os.path.join(work, f"rp-{rep}")
         mkdir_pg(root)
-        pg = Cluster(root, "data")
+        conf = "synchronous_standby_names = 'FIRST 1 (\"lifeboat_wal\")'\n" if synchronous else ""
+        pg = Cluster(root, "data", conf)
         repo = os.path.join(root, "repo")
         env = {"LIFEBOAT_PASSWORD": PASSWORD, "LIFEBOAT_REPO": repo}
         sh([lifeboat, "backup", "init"], env=env)
+
+        def stream():
+            return subprocess.Popen([lifeboat, "wal", "stream", "--postgres", pg.conninfo(), "--spool", os.path.join(root, "spool"), "--every", "100ms"],
+                                    env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "stream.log"), "a"),
+                                    start_new_session=True)
+        streamer = stream()
         with psycopg.connect(pg.conninfo(), autocommit=True) as c:
             c.execute("CREATE TABLE rp (id bigint PRIMARY KEY, at timestamptz NOT NULL)")
-        sh([lifeboat, "backup", "run", "--postgres", pg.conninfo()], env=env)
-        streamer = subprocess.Popen([lifeboat, "wal", "stream", "--postgres", pg.conninfo(), "--spool", os.path.join(root, "spool"), "--every", "1s"],
-                                    env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "stream.log"), "w"))
+        sh([lifeboat, "backup", "run", "--postgres", pg.conninfo(), "--data-dir", pg.data], env=env)
         time.sleep(2)
-        acked = []  # (id, commit time as the client saw the acknowledgement)
+        acked = []  # (id, when the client saw the acknowledgement)
+        latencies = []
         kill_at = time.monotonic() + random.uniform(10, 20)
         conn = psycopg.connect(pg.conninfo(), autocommit=True)
         i = 0
-        victims = pg.pids() + [streamer.pid] + children(streamer.pid)
+        began = time.perf_counter()
         while time.monotonic() < kill_at:
             i += 1
+            if a.rate:
+                # Paced: commit i is due at i / rate; a late commit is not made up for.
+                wait = began + i / a.rate - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            t0 = time.perf_counter()
             conn.execute("INSERT INTO rp VALUES (%s, clock_timestamp())", (i,))
+            latencies.append(time.perf_counter() - t0)
             acked.append((i, time.time()))
+        victims = pg.pids()
+        os.killpg(streamer.pid, signal.SIGKILL)
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -198,6 +318,11 @@ def bench_recovery_point(a, lifeboat, work, results):
                 pass
         streamer.wait()
         conn.close()
+        if synchronous:
+            again = stream()
+            time.sleep(2)
+            os.killpg(again.pid, signal.SIGTERM)
+            again.wait()
         time.sleep(1)
         to = os.path.join(root, "restored")
         sh([lifeboat, "restore", "postgres", "--to", to], env=env)
@@ -205,23 +330,60 @@ def bench_recovery_point(a, lifeboat, work, results):
         restored.data, restored.sock, restored.port = to, os.path.join(root, "restored-sock"), free_port()
         mkdir_pg(restored.sock)
         with open(os.path.join(to, "postgresql.auto.conf"), "a") as f:
-            f.write(f"port = {restored.port}\nunix_socket_directories = '{restored.sock}'\n")
+            f.write(f"port = {restored.port}\nunix_socket_directories = '{restored.sock}'\nsynchronous_standby_names = ''\n")
         restored.start()
         with psycopg.connect(restored.conninfo()) as c:
             last = c.execute("SELECT coalesce(max(id), 0) FROM rp").fetchone()[0]
         restored.stop()
         last_acked_id, last_acked_time = acked[-1]
-        recovered_time = dict(acked).get(last, 0)
+        recovered_time = dict(acked).get(last, acked[0][1])
+        latencies.sort()
         row = {
             "acked": last_acked_id,
             "recovered": last,
-            "lost_acked": last_acked_id - last,
-            "seconds_lost": round(last_acked_time - recovered_time, 3) if last else None,
+            "lost_acked": max(0, last_acked_id - last),
+            "seconds_lost": round(max(0.0, last_acked_time - recovered_time), 3),
             "commits_per_s": round(last_acked_id / max(1e-9, acked[-1][1] - acked[0][1]), 1),
+            "latency_ms_median": round(latencies[len(latencies) // 2] * 1000, 3),
+            "latency_ms_p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
         }
-        results["recovery_point"].append(row)
-        print(f"  recovery point: {row}", flush=True)
-        shutil.rmtree(root, ignore_errors=True)
+        results[key].append(row)
+        print(f"  recovery point ({'synchronous archive' if synchronous else 'asynchronous'}): {row}", flush=True)
+        if synchronous and row["lost_acked"]:
+            kept = root + f"-lost-{int(time.time())}"
+            os.rename(root, kept)
+            print(f"  kept {kept} for a look: a synchronous archive lost acknowledged commits", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def summarize(results):
+    rows = results["backup_restore"]
+    if rows:
+        print(f"\ndatabase {results['database_bytes'] / 2**30:.2f} GiB (pgbench -s {results['scale']}); n = {len(rows)}; {results['versions']['pgbackrest']}; {results['versions'].get('barman', 'no Barman')}")
+        print("| step | Lifeboat s | pgBackRest s | Barman s | faster peer / Lifeboat | Lifeboat peak MiB | pgBackRest peak MiB | Barman peak MiB | Lifeboat / pgBackRest memory |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        med = statistics.median
+        for step, label in [("full", "full backup"), ("incremental", "incremental after 5 % of pages changed"),
+                            ("restore", "full restore"), ("delta", "delta restore (5 % of pages damaged)")]:
+            lb = [r[f"lifeboat_{step}"] for r in rows]
+            br = [r[f"pgbackrest_{step}"] for r in rows]
+            bm = [r[f"barman_{step}"] for r in rows if f"barman_{step}" in r]
+            lw, bw = med(x[0] for x in lb), med(x[0] for x in br)
+            mw = med(x[0] for x in bm) if bm else None
+            peer = min(bw, mw) if mw else bw
+            lm, bmem = med(x[1] for x in lb), med(x[1] for x in br)
+            print(f"| {label} | {lw:.1f} | {bw:.1f} | {f'{mw:.1f}' if mw else '-'} | {peer / lw:.2f}x | {lm:.0f} | {bmem:.0f} | "
+                  f"{f'{med(x[1] for x in bm):.0f}' if bm else '-'} | {lm / bmem:.2f}x |")
+        print(f"repository MiB: Lifeboat {statistics.median(r['lifeboat_repo_mib'] for r in rows)} per full + incremental, pgBackRest {results['pgbackrest_repo_mib']} for {len(rows)} of each")
+    for mode, rp in (("asynchronous", results["recovery_point"]), ("synchronous archive", results.get("recovery_point_sync", []))):
+        if not rp:
+            continue
+        secs = [r["seconds_lost"] for r in rp]
+        print(f"\nrecovery point, {mode} (primary and streamer SIGKILLed together): seconds of acknowledged commits not restored, "
+              f"median {statistics.median(secs):.3f} [{min(secs):.3f}..{max(secs):.3f}], n = {len(rp)}; "
+              f"acknowledged commits lost: {[r['lost_acked'] for r in rp]} at a median {statistics.median(r['commits_per_s'] for r in rp):.0f} commits/s; "
+              f"commit latency median {statistics.median(r['latency_ms_median'] for r in rp):.3f} ms, p99 {statistics.median(r['latency_ms_p99'] for r in rp):.3f} ms")
 
 
 def main():
@@ -232,36 +394,34 @@ def main():
     ap.add_argument("--lifeboat", default=os.path.join(HERE, "../../target/release/lifeboat"))
     ap.add_argument("--out", default=os.path.join(HERE, "results/postgres.json"))
     ap.add_argument("--only", choices=["backup", "recovery-point"])
+    ap.add_argument("--no-barman", action="store_true")
+    ap.add_argument("--modes", choices=["both", "async", "sync"], default="both", help="recovery point: which archive modes")
+    ap.add_argument("--rate", type=float, default=1800, help="recovery point: commits per second offered (0: as fast as one client can)")
+    ap.add_argument("--summarize", metavar="JSON", help="print the tables of an earlier run")
     a = ap.parse_args()
+    if a.summarize:
+        with open(a.summarize) as f:
+            summarize(json.load(f))
+        return
     shutil.rmtree(a.work, ignore_errors=True)
     mkdir_pg(a.work)
     os.chmod(os.path.dirname(a.work), 0o755)
-    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "scale": a.scale, "backup_restore": [], "recovery_point": [],
+    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "scale": a.scale, "rate": a.rate, "backup_restore": [], "recovery_point": [],
+               "recovery_point_sync": [],
                "versions": {"pgbackrest": sh(["pgbackrest", "version"], capture=True).strip(), "postgres": PG_BIN}}
+    if not a.no_barman:
+        results["versions"]["barman"] = sh(["barman", "--version"], capture=True).strip().splitlines()[0]
     if a.only != "recovery-point":
         bench_backup_restore(a, a.lifeboat, a.work, results)
     if a.only != "backup":
-        bench_recovery_point(a, a.lifeboat, a.work, results)
+        if a.modes in ("both", "async"):
+            bench_recovery_point(a, a.lifeboat, a.work, results, synchronous=False)
+        if a.modes in ("both", "sync"):
+            bench_recovery_point(a, a.lifeboat, a.work, results, synchronous=True)
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(results, f, indent=1)
-    rows = results["backup_restore"]
-    if rows:
-        print(f"\ndatabase {results['database_bytes'] / 2**30:.2f} GiB (pgbench -s {a.scale}); n = {len(rows)}; {results['versions']['pgbackrest']}")
-        print("| step | Lifeboat s (median) | pgBackRest s (median) | pgBackRest / Lifeboat | Lifeboat peak MiB | pgBackRest peak MiB |")
-        print("|---|---|---|---|---|---|")
-        for step in ["backup", "restore"]:
-            lb = [r[f"lifeboat_{step}"] for r in rows]
-            br = [r[f"pgbackrest_{step}"] for r in rows]
-            lw, bw = statistics.median(x[0] for x in lb), statistics.median(x[0] for x in br)
-            print(f"| full {step} | {lw:.1f} | {bw:.1f} | {bw / lw:.2f}x | {statistics.median(x[1] for x in lb):.0f} | {statistics.median(x[1] for x in br):.0f} |")
-        print(f"repository MiB: Lifeboat {statistics.median(r['lifeboat_repo_mib'] for r in rows)} per backup, pgBackRest {results['pgbackrest_repo_mib']} for {len(rows)} backups")
-    rp = results["recovery_point"]
-    if rp:
-        secs = [r["seconds_lost"] for r in rp if r["seconds_lost"] is not None]
-        print(f"\nrecovery point (primary and streamer SIGKILLed together): seconds of acknowledged commits not restored, "
-              f"median {statistics.median(secs):.2f} [{min(secs):.2f}..{max(secs):.2f}], n = {len(rp)}; "
-              f"acknowledged commits lost: {[r['lost_acked'] for r in rp]} at ~{statistics.median(r['commits_per_s'] for r in rp):.0f} commits/s")
+    summarize(results)
 
 
 if __name__ == "__main__":

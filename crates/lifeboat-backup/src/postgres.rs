@@ -488,6 +488,9 @@ pub struct PgRestoreSummary {
     /// ones a delta restore found in place and left alone.
     pub base_files: u64,
     pub unchanged_files: u64,
+    /// Bytes of the base backup written (a delta restore writes only what differed).
+    pub written_bytes: u64,
+    pub base_bytes: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub base_end_time: OffsetDateTime,
     pub wal_files: usize,
@@ -654,7 +657,7 @@ pub async fn restore_pitr(
     std::fs::create_dir_all(to).map_err(Error::io(to))?;
     let index = repo.load_index().await?;
     let nodes = crate::restorer::load_nodes(repo, &index, &base).await?;
-    let (files, unchanged) = match nodes.into_iter().find(|n| n.path == BASE_TAR) {
+    let (files, unchanged, written, base_bytes) = match nodes.into_iter().find(|n| n.path == BASE_TAR) {
         Some(_) if delta => {
             return Err(Error::Invalid(format!(
                 "base backup {} was taken with pg_basebackup (one tar stream), which a delta restore cannot compare file by file; restore it into an empty directory, or take a base backup with --data-dir",
@@ -665,7 +668,7 @@ pub async fn restore_pitr(
             progress.start("restoring base backup", tar.size);
             unpack(repo, &index, &tar.chunks, to, progress).await?;
             progress.finish();
-            (1, 0)
+            (1, 0, tar.size, tar.size)
         }
         None => {
             drop(index);
@@ -678,7 +681,7 @@ pub async fn restore_pitr(
                     s.failed.len()
                 )));
             }
-            (s.files, s.unchanged)
+            (s.files, s.unchanged, s.written, s.bytes)
         }
     };
 
@@ -744,6 +747,8 @@ pub async fn restore_pitr(
     Ok(PgRestoreSummary {
         base_files: files,
         unchanged_files: unchanged,
+        written_bytes: written,
+        base_bytes,
         base_snapshot: base_id.hex(),
         base_end_time: pg.end_time,
         wal_files,

@@ -44,9 +44,9 @@ impl Default for RepoConfig {
             chunker: ChunkerParams {
                 min: 256 * 1024,
                 avg: 1024 * 1024,
-                max: 8 * 1024 * 1024,
+                max: 4 * 1024 * 1024,
             },
-            pack_size: 8 * 1024 * 1024,
+            pack_size: 4 * 1024 * 1024,
             zstd_level: 1,
             cipher: "aes-256-gcm".into(),
         }

@@ -65,8 +65,9 @@ pub async fn for_each_node(
 pub struct RestoreOptions<'a> {
     /// Only this path of the snapshot.
     pub only: Option<&'a str>,
-    /// Into an existing directory: files whose content is already the snapshot's (the same
-    /// size and chunks) are kept, the rest written, and whatever the snapshot lacks removed.
+    /// Into an existing directory: of a file already there at the snapshot's size, only the
+    /// chunks whose bytes differ from the snapshot's are written; other files are written
+    /// whole, and whatever the snapshot lacks is removed.
     pub delta: bool,
 }
 
@@ -75,6 +76,8 @@ pub struct RestoreSummary {
     pub files: u64,
     /// With delta: files already as in the snapshot, left unwritten.
     pub unchanged: u64,
+    /// Bytes written (with delta, only the chunks that differed).
+    pub written: u64,
     pub dirs: u64,
     pub symlinks: u64,
     pub bytes: u64,
@@ -105,8 +108,9 @@ struct Plan {
     /// Files whose content is all in one pack: that pack's worker creates them and sets their
     /// metadata, so most files are touched by one thread, once.
     single_pack: Vec<bool>,
-    /// Files already in place with the snapshot's content (a delta restore).
-    kept: Vec<bool>,
+    /// A delta restore's files already in place at the right size: which of their chunks
+    /// already hold the snapshot's bytes. Such a file is written into, never truncated.
+    in_place: Vec<Option<Vec<bool>>>,
     am_root: bool,
 }
 
@@ -129,18 +133,18 @@ pub async fn restore(
         }
     }
     let mut summary = RestoreSummary::default();
-    let (nodes, kept) = if opts.delta {
+    let (nodes, in_place, index) = if opts.delta {
         let (r, dest) = (repo.clone(), to.to_path_buf());
         tokio::task::spawn_blocking(move || {
             remove_extra(&nodes, &dest)?;
-            let kept = files_in_place(&r, &nodes, &dest);
-            Ok::<_, Error>((nodes, kept))
+            let in_place = chunks_in_place(&r, &index, &nodes, &dest);
+            Ok::<_, Error>((nodes, in_place, index))
         })
         .await
         .expect("delta task")?
     } else {
         let n = nodes.len();
-        (nodes, vec![false; n])
+        (nodes, vec![None; n], index)
     };
 
     // Which blob goes where, by pack.
@@ -150,14 +154,19 @@ pub async fn restore(
     for (i, n) in nodes.iter().enumerate() {
         let mut offset = 0u64;
         let mut packs = BTreeSet::new();
-        let chunks = if kept[i] { &[][..] } else { &n.chunks[..] };
-        for c in chunks {
+        let mask = in_place[i].as_deref();
+        for (k, c) in n.chunks.iter().enumerate() {
             let Some((pack, loc)) = index.get(c) else {
                 failed
                     .entry(i)
                     .or_insert_with(|| format!("chunk {} is not in the index", c.short()));
                 break;
             };
+            if mask.is_some_and(|m| m[k]) {
+                offset += loc.raw_length as u64;
+                continue;
+            }
+            summary.written += loc.raw_length as u64;
             packs.insert(pack);
             by_pack
                 .entry(pack)
@@ -176,9 +185,10 @@ pub async fn restore(
         match n.kind {
             NodeKind::Dir => summary.dirs += 1,
             NodeKind::Symlink => summary.symlinks += 1,
-            NodeKind::File if kept[i] => {
+            NodeKind::File if mask.is_some_and(|m| m.iter().all(|k| *k)) => {
                 summary.files += 1;
                 summary.unchanged += 1;
+                summary.bytes += n.size;
             }
             NodeKind::File => {
                 summary.files += 1;
@@ -191,7 +201,7 @@ pub async fn restore(
         nodes,
         paths,
         single_pack,
-        kept,
+        in_place,
         am_root: nix::unistd::geteuid().is_root(),
     });
 
@@ -207,7 +217,7 @@ pub async fn restore(
                     let _ = std::fs::remove_file(path);
                     std::os::unix::fs::symlink(n.link_target(), path).map_err(Error::io(path))?;
                 }
-                NodeKind::File if !p.single_pack[i] && !p.kept[i] => {
+                NodeKind::File if !p.single_pack[i] && p.in_place[i].is_none() => {
                     let f = std::fs::File::create(path).map_err(Error::io(path))?;
                     f.set_len(n.size).map_err(Error::io(path))?;
                 }
@@ -312,32 +322,108 @@ fn remove_extra(nodes: &[Node], to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// For each node, whether it is a file already at its place in `to` with the snapshot's
-/// content: the same size and, cut as a backup cuts it, the same chunks. Files are compared
-/// one per core; a file that cannot be read is simply written again.
-fn files_in_place(repo: &Repo, nodes: &[Node], to: &Path) -> Vec<bool> {
+/// For each node, when it is a file already at its place in `to` with the snapshot's size:
+/// which of its chunks already hold the snapshot's bytes (each range hashed as the chunk's id
+/// is). Work is split into pieces of at most [`COMPARE_PIECE`] bytes, one per core, so a
+/// large file is compared on every core. A file that cannot be read is written whole.
+fn chunks_in_place(
+    repo: &Repo,
+    index: &crate::pack::Index,
+    nodes: &[Node],
+    to: &Path,
+) -> Vec<Option<Vec<bool>>> {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let kept: Vec<AtomicBool> = nodes.iter().map(|_| AtomicBool::new(false)).collect();
+    const COMPARE_PIECE: u64 = 32 << 20;
+    /// A run of one file's chunks compared by one worker.
+    struct Piece {
+        node: usize,
+        /// The index of its first chunk in the file, and where that chunk starts.
+        first: usize,
+        offset: u64,
+        /// (id, length) of each chunk.
+        chunks: Vec<(Id, usize)>,
+    }
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut masks: Vec<Option<Vec<AtomicBool>>> = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let path = n.path_under(to);
+        let present = n.kind == NodeKind::File
+            && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file() && m.len() == n.size);
+        let lengths: Option<Vec<usize>> = present
+            .then(|| {
+                n.chunks
+                    .iter()
+                    .map(|c| index.get(c).map(|(_, l)| l.raw_length as usize))
+                    .collect()
+            })
+            .flatten();
+        let Some(lengths) = lengths else {
+            masks.push(None);
+            continue;
+        };
+        masks.push(Some(
+            n.chunks.iter().map(|_| AtomicBool::new(false)).collect(),
+        ));
+        let (mut offset, mut piece_start, mut size) = (0u64, 0u64, 0u64);
+        let mut piece: Vec<(Id, usize)> = Vec::new();
+        let mut first = 0;
+        for (k, (c, len)) in n.chunks.iter().zip(lengths).enumerate() {
+            if piece.is_empty() {
+                first = k;
+                piece_start = offset;
+            }
+            piece.push((*c, len));
+            size += len as u64;
+            offset += len as u64;
+            if size >= COMPARE_PIECE {
+                pieces.push(Piece {
+                    node: i,
+                    first,
+                    offset: piece_start,
+                    chunks: std::mem::take(&mut piece),
+                });
+                size = 0;
+            }
+        }
+        if !piece.is_empty() {
+            pieces.push(Piece {
+                node: i,
+                first,
+                offset: piece_start,
+                chunks: piece,
+            });
+        }
+    }
     let next = AtomicUsize::new(0);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(n) = nodes.get(i) else { break };
-                if n.kind != NodeKind::File {
-                    continue;
+            s.spawn(|| {
+                let mut buf = Vec::new();
+                while let Some(piece) = pieces.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let path = nodes[piece.node].path_under(to);
+                    let Ok(f) = std::fs::File::open(&path) else {
+                        continue;
+                    };
+                    let mask = masks[piece.node]
+                        .as_ref()
+                        .expect("a piece of a file in place");
+                    let mut at = piece.offset;
+                    for (k, (id, len)) in piece.chunks.iter().enumerate() {
+                        buf.resize(*len, 0);
+                        let same =
+                            f.read_exact_at(&mut buf, at).is_ok() && repo.key.chunk_id(&buf) == *id;
+                        mask[piece.first + k].store(same, Ordering::Relaxed);
+                        at += *len as u64;
+                    }
                 }
-                let path = n.path_under(to);
-                let same = std::fs::symlink_metadata(&path)
-                    .is_ok_and(|m| m.is_file() && m.len() == n.size)
-                    && crate::writer::file_chunk_ids(repo, &path, n.size)
-                        .is_ok_and(|ids| ids == n.chunks);
-                kept[i].store(same, Ordering::Relaxed);
             });
         }
     });
-    kept.into_iter().map(AtomicBool::into_inner).collect()
+    masks
+        .into_iter()
+        .map(|m| m.map(|m| m.into_iter().map(AtomicBool::into_inner).collect()))
+        .collect()
 }
 
 async fn restore_pack(
@@ -384,7 +470,7 @@ async fn restore_pack(
                 let f = match open.entry(u.file) {
                     std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::btree_map::Entry::Vacant(v) => {
-                        let f = if plan.single_pack[u.file] {
+                        let f = if plan.single_pack[u.file] && plan.in_place[u.file].is_none() {
                             std::fs::File::create(path)
                         } else {
                             std::fs::OpenOptions::new().write(true).open(path)

@@ -222,41 +222,6 @@ impl Saver {
     }
 }
 
-/// The ids of a file's chunks, cut exactly as [`Saver::save_file`] cuts it (small files whole,
-/// large ones as a stream), without storing anything: a delta restore compares them with a
-/// snapshot's.
-pub fn file_chunk_ids(repo: &Repo, path: &std::path::Path, size: u64) -> Result<Vec<Id>> {
-    let c = repo.config.chunker;
-    let seed = repo.key.chunker_seed();
-    let mut f = std::fs::File::open(path).map_err(Error::io(path))?;
-    if size <= c.max as u64 {
-        let mut data = Vec::with_capacity(size as usize);
-        f.read_to_end(&mut data).map_err(Error::io(path))?;
-        if data.is_empty() {
-            return Ok(Vec::new());
-        }
-        if data.len() <= c.min as usize {
-            return Ok(vec![repo.key.chunk_id(&data)]);
-        }
-        return Ok(FastCDC::with_level_and_seed(
-            &data,
-            c.min,
-            c.avg,
-            c.max,
-            Normalization::Level1,
-            seed,
-        )
-        .map(|ch| repo.key.chunk_id(&data[ch.offset..ch.offset + ch.length]))
-        .collect());
-    }
-    StreamCDC::with_level_and_seed(f, c.min, c.avg, c.max, Normalization::Level1, seed)
-        .map(|ch| {
-            ch.map(|ch| repo.key.chunk_id(&ch.data))
-                .map_err(|e| Error::Invalid(format!("{}: {e:?}", path.display())))
-        })
-        .collect()
-}
-
 /// A backup in progress: a shared lock, the index as it was, and the uploader.
 pub struct Writer {
     pub(crate) repo: Repo,

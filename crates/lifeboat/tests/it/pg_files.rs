@@ -303,6 +303,12 @@ async fn a_delta_restore_rewrites_only_what_differs_and_refuses_a_data_directory
         r["unchanged_files"].as_u64().unwrap(),
     );
     assert!(unchanged > 0 && unchanged < files, "{r}");
+    // Of the damaged table file, only the chunk with the damaged block is written again.
+    let (written, total) = (
+        r["written_bytes"].as_u64().unwrap(),
+        r["base_bytes"].as_u64().unwrap(),
+    );
+    assert!(written * 4 < total, "{r}");
     assert!(!to.join("base/stray").exists());
     assert!(to.join("PG_VERSION").exists());
     assert_eq!(
