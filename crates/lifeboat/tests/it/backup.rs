@@ -97,6 +97,21 @@ pub fn copy_to_second_repo(dir: &TestDir, repo: &str) -> Result<(String, Value)>
     Ok((dr, copied))
 }
 
+/// Settings for a server whose `archive_command` pushes its WAL into `repo`, the passphrase
+/// read from `pass`.
+pub fn archiving_into(repo: &str, pass: &std::path::Path) -> InitOptions {
+    InitOptions {
+        settings: vec![
+            "archive_mode = on".into(),
+            format!(
+                "archive_command = '{BIN} wal push --repo {repo} --password-file {} %p'",
+                pass.display()
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
 /// Switches to a new WAL segment and waits until the archiver has stored the one before;
 /// returns its name.
 pub async fn wait_archived(db: &tokio_postgres::Client) -> Result<String> {
@@ -353,15 +368,7 @@ async fn a_point_in_time_restore_has_exactly_the_rows_committed_before_the_targe
     let dir = TestDir::new("pitr")?;
     let (repo, pass) = new_repo(&dir)?;
     let repo = repo.as_str();
-    let archive = format!(
-        "archive_command = '{BIN} wal push --repo {repo} --password-file {} %p'",
-        pass.display()
-    );
-    let opts = InitOptions {
-        settings: vec!["archive_mode = on".into(), archive],
-        ..Default::default()
-    };
-    let pg = PgCluster::primary(&dir, "pg", opts).await?;
+    let pg = PgCluster::primary(&dir, "pg", archiving_into(repo, &pass)).await?;
     let conninfo = pg.conninfo().to_libpq(None);
     let db = pg.client().await?;
     db.batch_execute(

@@ -1,7 +1,7 @@
 //! Consistent groups of several databases and a directory, and backups driven by the
 //! `[backup]` section of the config, as a user runs them.
 
-use crate::backup::{copy_to_second_repo, json, lb, new_repo, ok, wait_archived};
+use crate::backup::{archiving_into, copy_to_second_repo, json, lb, new_repo, ok, wait_archived};
 use crate::{stderr, stdout, BIN};
 use anyhow::Result;
 use lifeboat_postgres::InitOptions;
@@ -18,16 +18,7 @@ async fn a_group_restores_every_member_to_its_one_restore_point() -> Result<()> 
     let dir = TestDir::new("group")?;
     let (repo, pass) = new_repo(&dir)?;
     let repo = repo.as_str();
-    let archiving = || InitOptions {
-        settings: vec![
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{BIN} wal push --repo {repo} --password-file {} %p'",
-                pass.display()
-            ),
-        ],
-        ..Default::default()
-    };
+    let archiving = || archiving_into(repo, &pass);
     let orders = PgCluster::primary(&dir, "orders", archiving()).await?;
     let billing = PgCluster::primary(&dir, "billing", archiving()).await?;
     let dbs = [(&orders, "orders"), (&billing, "billing")];

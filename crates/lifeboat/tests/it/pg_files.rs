@@ -2,8 +2,8 @@
 //! that read only changed files and miss no change, and a delta restore over a damaged data
 //! directory, against a real PostgreSQL 15.
 
-use crate::backup::{json, lb, new_repo, ok};
-use crate::{stderr, BIN};
+use crate::backup::{archiving_into, json, lb, new_repo, ok};
+use crate::stderr;
 use anyhow::Result;
 use lifeboat_postgres::InitOptions;
 use lifeboat_testkit::{PgCluster, S3Server, TestDir};
@@ -50,15 +50,7 @@ async fn incremental_base_backups_read_only_changed_files_and_miss_no_change() -
     let dir = TestDir::new("pg-incremental")?;
     let (repo, pass) = new_repo(&dir)?;
     let repo = repo.as_str();
-    let archive = format!(
-        "archive_command = '{BIN} wal push --repo {repo} --password-file {} %p'",
-        pass.display()
-    );
-    let opts = InitOptions {
-        settings: vec!["archive_mode = on".into(), archive],
-        ..Default::default()
-    };
-    let pg = PgCluster::primary(&dir, "pg", opts).await?;
+    let pg = PgCluster::primary(&dir, "pg", archiving_into(repo, &pass)).await?;
     let data = dir.path().join("pg");
     let conninfo = pg.conninfo().to_libpq(None);
     let db = pg.client().await?;
@@ -211,15 +203,7 @@ async fn a_delta_restore_rewrites_only_what_differs_and_refuses_a_data_directory
     let dir = TestDir::new("pg-delta")?;
     let (repo, pass) = new_repo(&dir)?;
     let repo = repo.as_str();
-    let archive = format!(
-        "archive_command = '{BIN} wal push --repo {repo} --password-file {} %p'",
-        pass.display()
-    );
-    let opts = InitOptions {
-        settings: vec!["archive_mode = on".into(), archive],
-        ..Default::default()
-    };
-    let pg = PgCluster::primary(&dir, "pg", opts).await?;
+    let pg = PgCluster::primary(&dir, "pg", archiving_into(repo, &pass)).await?;
     let data = dir.path().join("pg");
     let conninfo = pg.conninfo().to_libpq(None);
     let db = pg.client().await?;
