@@ -905,10 +905,13 @@ fn snapshots(repo: &str) -> Result<Vec<Value>> {
 }
 
 /// True when the snapshot is a base backup of `pg`.
-fn is_of(s: &Value, pg: &PgCluster) -> bool {
-    s["snapshot"]["roots"][0]
-        .as_str()
-        .is_some_and(|r| r.contains(&format!("port={} ", pg.port())))
+/// A base backup of `pg`: taken with pg_basebackup (its root names the server's port) or read
+/// from its data directory (its root is that directory).
+pub fn is_of(s: &Value, pg: &PgCluster) -> bool {
+    s["snapshot"]["roots"][0].as_str().is_some_and(|r| {
+        r.contains(&format!("port={} ", pg.port()))
+            || std::path::Path::new(r) == pg.server.data_dir.as_path()
+    })
 }
 
 pub async fn wait_for_base_backup_of(repo: &str, pg: &PgCluster, d: &Daemon) -> Result<()> {

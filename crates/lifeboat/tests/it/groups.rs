@@ -1,7 +1,9 @@
 //! Consistent groups of several databases and a directory, and backups driven by the
 //! `[backup]` section of the config, as a user runs them.
 
-use crate::backup::{archiving_into, copy_to_second_repo, json, lb, new_repo, ok, wait_archived};
+use crate::backup::{
+    archiving_into, copy_to_second_repo, is_of, json, lb, new_repo, ok, wait_archived,
+};
 use crate::{stderr, stdout, BIN};
 use anyhow::Result;
 use lifeboat_postgres::InitOptions;
@@ -232,12 +234,8 @@ scratch-dir = "{scratch}"
         .iter()
         .find(|s| s["snapshot"]["source"] == "db")
         .unwrap();
-    let primary_port = format!("port={}", regions.primary.port());
     assert!(
-        db["snapshot"]["roots"][0]
-            .as_str()
-            .unwrap()
-            .contains(&primary_port),
+        is_of(db, &regions.primary),
         "the writable node was backed up: {db}"
     );
 
