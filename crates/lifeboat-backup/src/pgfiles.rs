@@ -106,15 +106,13 @@ pub async fn file_backup(
         progress,
     )
     .await;
-    let (nodes, mut summary, started_at, ended) = match taken {
+    let mut t = match taken {
         Ok(t) => t,
         Err(e) => return Err(writer.abandon().await.unwrap_or(e)),
     };
-    let (start_lsn, start_wal) = started_at;
-    let (end_lsn, end_time) = ended;
-    let timeline = u32::from_str_radix(&start_wal[..8], 16)
-        .map_err(|_| Error::corrupt(format!("bad WAL file name {start_wal}")))?;
-    summary.duration_s = started.elapsed().as_secs_f64();
+    let timeline = u32::from_str_radix(&t.start_wal[..8], 16)
+        .map_err(|_| Error::corrupt(format!("bad WAL file name {}", t.start_wal)))?;
+    t.summary.duration_s = started.elapsed().as_secs_f64();
     let snapshot = Snapshot {
         time,
         host: host(),
@@ -126,25 +124,33 @@ pub async fn file_backup(
         roots: vec![root],
         parent: parent.map(|(id, _)| id),
         tree: Vec::new(),
-        summary,
+        summary: t.summary,
         postgres: Some(PgInfo {
             system_identifier: system,
             timeline,
-            start_lsn,
-            end_lsn,
-            start_wal,
+            start_lsn: t.start_lsn,
+            end_lsn: t.end_lsn,
+            start_wal: t.start_wal,
             wal_segment_size: segment_size,
-            end_time,
+            end_time: t.end_time,
         }),
     };
-    writer.commit(snapshot, nodes).await
+    writer.commit(snapshot, t.nodes).await
 }
 
-type Started = (String, String);
-type Ended = (String, OffsetDateTime);
+/// What the server and the data directory gave between start and stop.
+struct Taken {
+    /// The files, the backup label (and tablespace map) and the WAL in between, by path.
+    nodes: Vec<Node>,
+    summary: crate::snapshot::Summary,
+    start_lsn: String,
+    /// The first WAL file the backup needs.
+    start_wal: String,
+    end_lsn: String,
+    end_time: OffsetDateTime,
+}
 
-/// The backup between start and stop, on one session: the nodes (files, the label, the WAL),
-/// the summary, the start (LSN, first WAL file) and the end (LSN, time).
+/// The backup between start and stop, on one session.
 async fn take(
     writer: &Writer,
     conninfo: &str,
@@ -152,7 +158,7 @@ async fn take(
     segment_size: u64,
     parent: Option<&(Id, Snapshot)>,
     progress: &Progress,
-) -> Result<(Vec<Node>, crate::snapshot::Summary, Started, Ended)> {
+) -> Result<Taken> {
     let server = redact(conninfo);
     let client = connect("base backup", conninfo).await?;
     let query = |what: &'static str, sql: &'static str| {
@@ -222,11 +228,56 @@ async fn take(
     let end_time = OffsetDateTime::now_utc();
     let (end_lsn, label, map, end_wal): (String, String, String, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    let owner = std::fs::metadata(data_dir.join("PG_VERSION"))
-        .map_err(Error::io(data_dir.join("PG_VERSION")))?;
+    // The label and the WAL are read on a blocking thread, as the files were.
     let saver = writer.saver();
-    let file = |path: &str, data: &[u8]| -> Result<Node> {
-        Ok(Node {
+    let dir = data_dir.to_path_buf();
+    let wal = segment_names(&start_wal, &end_wal, segment_size)?;
+    let extra = tokio::task::spawn_blocking(move || {
+        label_and_wal(&saver, &dir, &label, &map, end_time, &wal)
+    })
+    .await
+    .expect("label and WAL task")?;
+    for n in &extra {
+        summary.files += 1;
+        summary.files_read += 1;
+        summary.bytes += n.size;
+    }
+    nodes.extend(extra);
+    nodes.sort_by(|a, b| a.path.cmp(&b.path));
+    summary.bytes_read = writer
+        .saver()
+        .counters
+        .bytes_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    drop(client);
+    Ok(Taken {
+        nodes,
+        summary,
+        start_lsn,
+        start_wal,
+        end_lsn,
+        end_time,
+    })
+}
+
+/// The nodes of the backup label (and of the tablespace map, when there is one), owned as
+/// the data directory's files are, and of the WAL files `wal` in `pg_wal/`, all stored.
+fn label_and_wal(
+    saver: &crate::writer::Saver,
+    data_dir: &Path,
+    label: &str,
+    map: &str,
+    end_time: OffsetDateTime,
+    wal: &[String],
+) -> Result<Vec<Node>> {
+    let version = data_dir.join("PG_VERSION");
+    let owner = std::fs::metadata(&version).map_err(Error::io(&version))?;
+    let mut out = Vec::new();
+    for (path, data) in [("backup_label", label), ("tablespace_map", map)] {
+        if data.is_empty() {
+            continue;
+        }
+        out.push(Node {
             path: path.into(),
             kind: NodeKind::File,
             mode: 0o600,
@@ -238,23 +289,14 @@ async fn take(
             inode: 0,
             ctime: 0,
             target: None,
-            chunks: saver.save_bytes(data, BlobKind::Data)?,
+            chunks: saver.save_bytes(data.as_bytes(), BlobKind::Data)?,
             escaped: false,
-        })
-    };
-    nodes.push(file("backup_label", label.as_bytes())?);
-    if !map.is_empty() {
-        nodes.push(file("tablespace_map", map.as_bytes())?);
+        });
     }
-    // The WAL from the start to the end, from pg_wal/ (held there by the slot).
-    for name in segment_names(&start_wal, &end_wal, segment_size)? {
-        let path: PathBuf = data_dir.join("pg_wal").join(&name);
+    for name in wal {
+        let path: PathBuf = data_dir.join("pg_wal").join(name);
         let md = std::fs::metadata(&path).map_err(Error::io(&path))?;
-        let chunks = saver.save_file(&path, md.len(), &|_| {})?;
-        summary.files += 1;
-        summary.files_read += 1;
-        summary.bytes += md.len();
-        nodes.push(Node {
+        out.push(Node {
             path: format!("pg_wal/{name}"),
             kind: NodeKind::File,
             mode: md.mode() & 0o7777,
@@ -266,17 +308,11 @@ async fn take(
             inode: 0,
             ctime: 0,
             target: None,
-            chunks,
+            chunks: saver.save_file(&path, md.len(), &|_| {})?,
             escaped: false,
         });
     }
-    nodes.sort_by(|a, b| a.path.cmp(&b.path));
-    summary.bytes_read = saver
-        .counters
-        .bytes_read
-        .load(std::sync::atomic::Ordering::Relaxed);
-    drop(client);
-    Ok((nodes, summary, (start_lsn, start_wal), (end_lsn, end_time)))
+    Ok(out)
 }
 
 /// The names of the segments from `start` to `end`, on `start`'s timeline.
