@@ -34,6 +34,34 @@ pub struct BackupOptions {
     pub kind: BackupKind,
 }
 
+impl BackupOptions {
+    /// The snapshot these options label, on this host.
+    pub(crate) fn snapshot(
+        self,
+        kind: SourceKind,
+        time: time::OffsetDateTime,
+        roots: Vec<String>,
+        parent: Option<crate::crypto::Id>,
+        summary: Summary,
+        postgres: Option<crate::snapshot::PgInfo>,
+    ) -> Snapshot {
+        Snapshot {
+            time,
+            host: host(),
+            source: self.source,
+            kind,
+            tier: self.tier,
+            tags: self.tags,
+            group: self.group,
+            roots,
+            parent,
+            tree: Vec::new(),
+            summary,
+            postgres,
+        }
+    }
+}
+
 /// Backs up `roots` (directories or files) into one snapshot.
 pub async fn backup_paths(
     repo: &Repo,
@@ -61,20 +89,15 @@ pub async fn backup_paths(
         Err(e) => return Err(writer.abandon().await.unwrap_or(e)),
     };
     summary.duration_s = started.elapsed().as_secs_f64();
-    let snapshot = Snapshot {
+    let parent = parent.map(|(id, _)| id);
+    let snapshot = opts.snapshot(
+        SourceKind::Directory,
         time,
-        host: host(),
-        source: opts.source,
-        kind: SourceKind::Directory,
-        tier: opts.tier,
-        tags: opts.tags,
-        group: opts.group,
-        roots: root_names,
-        parent: parent.map(|(id, _)| id),
-        tree: Vec::new(),
+        root_names,
+        parent,
         summary,
-        postgres: None,
-    };
+        None,
+    );
     writer.commit(snapshot, nodes).await
 }
 

@@ -113,28 +113,24 @@ pub async fn file_backup(
     let timeline = u32::from_str_radix(&t.start_wal[..8], 16)
         .map_err(|_| Error::corrupt(format!("bad WAL file name {}", t.start_wal)))?;
     t.summary.duration_s = started.elapsed().as_secs_f64();
-    let snapshot = Snapshot {
-        time,
-        host: host(),
-        source: opts.source,
-        kind: SourceKind::Postgres,
-        tier: opts.tier,
-        tags: opts.tags,
-        group: opts.group,
-        roots: vec![root],
-        parent: parent.map(|(id, _)| id),
-        tree: Vec::new(),
-        summary: t.summary,
-        postgres: Some(PgInfo {
-            system_identifier: system,
-            timeline,
-            start_lsn: t.start_lsn,
-            end_lsn: t.end_lsn,
-            start_wal: t.start_wal,
-            wal_segment_size: segment_size,
-            end_time: t.end_time,
-        }),
+    let info = PgInfo {
+        system_identifier: system,
+        timeline,
+        start_lsn: t.start_lsn,
+        end_lsn: t.end_lsn,
+        start_wal: t.start_wal,
+        wal_segment_size: segment_size,
+        end_time: t.end_time,
     };
+    let parent = parent.map(|(id, _)| id);
+    let snapshot = opts.snapshot(
+        SourceKind::Postgres,
+        time,
+        vec![root],
+        parent,
+        t.summary,
+        Some(info),
+    );
     writer.commit(snapshot, t.nodes).await
 }
 

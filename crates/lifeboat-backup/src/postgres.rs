@@ -11,7 +11,7 @@ use crate::crypto::Id;
 use crate::error::{Error, Result};
 use crate::pack::Index;
 use crate::progress::Progress;
-use crate::repo::{host, Repo, PARALLEL_IO};
+use crate::repo::{Repo, PARALLEL_IO};
 use crate::snapshot::{format_time, Node, NodeKind, PgInfo, Snapshot, SourceKind, Summary};
 use crate::writer::{Saver, Writer};
 use futures::StreamExt;
@@ -156,20 +156,8 @@ pub async fn base_backup(
         duration_s: started.elapsed().as_secs_f64(),
         ..Default::default()
     };
-    let snapshot = Snapshot {
-        time,
-        host: host(),
-        source: opts.source,
-        kind: SourceKind::Postgres,
-        tier: opts.tier,
-        tags: opts.tags,
-        group: opts.group,
-        roots: vec![redact(conninfo)],
-        parent: None,
-        tree: Vec::new(),
-        summary,
-        postgres: Some(info),
-    };
+    let roots = vec![redact(conninfo)];
+    let snapshot = opts.snapshot(SourceKind::Postgres, time, roots, None, summary, Some(info));
     writer.commit(snapshot, vec![node]).await
 }
 

@@ -45,15 +45,44 @@ async fn relation_file(
     Ok(data.join(rel))
 }
 
+/// A repository, and a primary `pg` that archives its WAL into it.
+struct Setup {
+    dir: TestDir,
+    repo: String,
+    pg: PgCluster,
+    /// Its data directory.
+    data: std::path::PathBuf,
+    conninfo: String,
+    db: tokio_postgres::Client,
+}
+
+impl Setup {
+    async fn new(name: &str) -> Result<Setup> {
+        let dir = TestDir::new(name)?;
+        let (repo, pass) = new_repo(&dir)?;
+        let pg = PgCluster::primary(&dir, "pg", archiving_into(&repo, &pass)).await?;
+        Ok(Setup {
+            data: dir.path().join("pg"),
+            conninfo: pg.conninfo().to_libpq(None),
+            db: pg.client().await?,
+            dir,
+            repo,
+            pg,
+        })
+    }
+}
+
 #[tokio::test]
 async fn incremental_base_backups_read_only_changed_files_and_miss_no_change() -> Result<()> {
-    let dir = TestDir::new("pg-incremental")?;
-    let (repo, pass) = new_repo(&dir)?;
+    let Setup {
+        dir,
+        repo,
+        pg,
+        data,
+        conninfo,
+        db,
+    } = Setup::new("pg-incremental").await?;
     let repo = repo.as_str();
-    let pg = PgCluster::primary(&dir, "pg", archiving_into(repo, &pass)).await?;
-    let data = dir.path().join("pg");
-    let conninfo = pg.conninfo().to_libpq(None);
-    let db = pg.client().await?;
     db.batch_execute(
         "CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g;
          CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
@@ -200,13 +229,15 @@ async fn incremental_base_backups_read_only_changed_files_and_miss_no_change() -
 #[tokio::test]
 async fn a_delta_restore_rewrites_only_what_differs_and_refuses_a_data_directory_in_use(
 ) -> Result<()> {
-    let dir = TestDir::new("pg-delta")?;
-    let (repo, pass) = new_repo(&dir)?;
+    let Setup {
+        dir,
+        repo,
+        pg,
+        data,
+        conninfo,
+        db,
+    } = Setup::new("pg-delta").await?;
     let repo = repo.as_str();
-    let pg = PgCluster::primary(&dir, "pg", archiving_into(repo, &pass)).await?;
-    let data = dir.path().join("pg");
-    let conninfo = pg.conninfo().to_libpq(None);
-    let db = pg.client().await?;
     db.batch_execute(
         "CREATE TABLE big AS SELECT g AS id, repeat('x', 200) AS pad FROM generate_series(1, 20000) g; CHECKPOINT",
     )
