@@ -162,6 +162,9 @@ paths = ["/srv/files"]
 [backup.wal]
 source = "both"
 repository = "elsewhere"
+mode = "archive"
+synchronous = true
+upload-every = "10ms"
 
 [backup.restore-test]
 source = "files"
@@ -185,7 +188,10 @@ query = "SELECT 1"
         error: backup.tiers.offsite.consistent (line 41): a copy tier copies the groups of its repository; only backup tiers take groups
         error: backup.tiers.offsite.copy-to (line 38): must differ from repository
         error: backup.wal.repository (line 56): repository "elsewhere" is not defined under backup.repositories
-        error: backup.restore-test.source (line 59): source "files" is not a PostgreSQL source
+        error: backup.wal.upload-every (line 59): must be at least 20ms
+        error: backup.wal.synchronous (line 58): a synchronous archive streams from whichever node is primary: set follow-primary = true on its source (after a failover, commits on the new primary would wait for an archive streaming from another node)
+        error: backup.wal.synchronous (line 58): a synchronous archive streams WAL: set mode = "stream" (archive_command only sees finished segments)
+        error: backup.restore-test.source (line 62): source "files" is not a PostgreSQL source
         warning: controller: no api-token-file or api-token-env: the API will refuse every changing request
         warning: services.orders.failover.replication (line 1): async replication can lose the last acknowledged writes in an automatic failover
     "#]].assert_eq(&report);

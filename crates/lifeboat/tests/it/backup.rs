@@ -662,7 +662,7 @@ password-file = "{pass}"
 paths = ["{files}"]
 
 [backup.sources.db]
-postgres = "us-east-1"
+follow-primary = true
 
 [backup.tiers.frequent]
 kind = "incremental"
