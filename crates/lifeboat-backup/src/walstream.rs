@@ -65,9 +65,10 @@ impl WalStreamer {
         let mut uploaded: HashMap<String, (u64, SystemTime)> = HashMap::new();
         // What a streamer killed before it could upload left in the spool goes first, even
         // with the server down: with a synchronous archive those are acknowledged commits.
+        // They are stored under the system they came from, which is asked of the server anew
+        // once it answers (a spool reused for another cluster must not relabel its WAL).
         if let Some(system) = self.spooled_system() {
-            let _ = self.system.set(system);
-            if let Err(e) = self.upload("", &mut uploaded, false).await {
+            if let Err(e) = self.upload_as(&system, &mut uploaded, false).await {
                 self.note_error(&e);
             }
         }
@@ -252,6 +253,16 @@ impl WalStreamer {
                 self.system.get_or_init(|| id).clone()
             }
         };
+        self.upload_as(&system, uploaded, streaming).await
+    }
+
+    /// [`Self::upload`] of the spool's WAL as that of cluster `system`.
+    async fn upload_as(
+        &self,
+        system: &str,
+        uploaded: &mut HashMap<String, (u64, SystemTime)>,
+        streaming: bool,
+    ) -> Result<()> {
         let started = now_ms();
         let mut names: Vec<String> = std::fs::read_dir(&self.spool)
             .map_err(Error::io(&self.spool))?
@@ -274,14 +285,14 @@ impl WalStreamer {
             if finished || name.ends_with(".history") {
                 let new = !uploaded.contains_key(&name);
                 if new {
-                    store_file(&self.repo, &system, &path, &name).await?;
+                    store_file(&self.repo, system, &path, &name).await?;
                     uploaded.insert(name.clone(), (0, UNIX_EPOCH));
                 }
                 if finished {
                     // Its copy in progress is obsolete once the whole segment is stored.
                     let partial = format!("{name}.partial");
                     if uploaded.remove(&partial).is_some() || new {
-                        let key = wal_key(&system, &partial);
+                        let key = wal_key(system, &partial);
                         self.repo.storage.delete(&key).await?;
                     }
                     if new {
@@ -298,7 +309,7 @@ impl WalStreamer {
                 if uploaded.get(&name) == Some(&stamp) {
                     continue;
                 }
-                store_file(&self.repo, &system, &path, &name).await?;
+                store_file(&self.repo, system, &path, &name).await?;
                 uploaded.insert(name, stamp);
             }
         }

@@ -296,7 +296,12 @@ impl BackupConfig {
             if w.upload_every.0 < std::time::Duration::from_millis(20) {
                 r.error(format!("{path}.wal.upload-every"), "must be at least 20ms");
             }
-            if w.synchronous && self.sources.get(&w.source).is_some_and(|s| !s.follow_primary) {
+            if w.synchronous
+                && self
+                    .sources
+                    .get(&w.source)
+                    .is_some_and(|s| !s.follow_primary)
+            {
                 r.error(
                     format!("{path}.wal.synchronous"),
                     "a synchronous archive streams from whichever node is primary: set follow-primary = true on its source (after a failover, commits on the new primary would wait for an archive streaming from another node)",
