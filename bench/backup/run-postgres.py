@@ -332,7 +332,15 @@ def bench_recovery_point(a, lifeboat, work, results, synchronous):
         with open(os.path.join(to, "postgresql.auto.conf"), "a") as f:
             f.write(f"port = {restored.port}\nunix_socket_directories = '{restored.sock}'\nsynchronous_standby_names = ''\n")
         restored.start()
-        with psycopg.connect(restored.conninfo()) as c:
+        with psycopg.connect(restored.conninfo(), autocommit=True) as c:
+            # pg_ctl start -w returns once the server takes read-only connections, which is
+            # while it still replays: read only after the replay ended (it promotes then).
+            for _ in range(600):
+                if not c.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                sys.exit(f"{to} did not finish its recovery in 60 s")
             last = c.execute("SELECT coalesce(max(id), 0) FROM rp").fetchone()[0]
         restored.stop()
         last_acked_id, last_acked_time = acked[-1]

@@ -227,7 +227,22 @@ impl PgCluster {
             .start(START)
             .await
             .with_context(|| format!("starting {name}"))?;
-        let row = c.client().await?.query_one(sql, &[]).await;
+        let client = c.client().await?;
+        // pg_ctl start -w returns once the server takes read-only connections, which is while
+        // it still replays: read only after the replay ended (it promotes then).
+        let deadline = tokio::time::Instant::now() + START;
+        while client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get::<_, bool>(0)
+        {
+            if tokio::time::Instant::now() > deadline {
+                c.stop().await?;
+                bail!("{name} did not finish its recovery within {START:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let row = client.query_one(sql, &[]).await;
         c.stop().await?;
         Ok(row?.get(0))
     }
